@@ -1,0 +1,82 @@
+"""Glue every command shares: upstream manifests on stdin, the JSON line, exit codes."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+
+import click
+
+from intstream.errors import InputError
+
+__all__ = ["stage", "emit", "upstream"]
+
+
+class BadInput(click.ClickException):
+    """Exit code 2 with one line naming the file and the problem."""
+
+    exit_code = 2
+
+
+def stage(name: str):
+    """Wrap a command body: InputError -> exit 2, other failures -> exit 1, one line each.
+
+    Tracebacks are printed only with ``--debug`` (on the group or the command).
+    """
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(*args, **kwargs):
+            ctx = click.get_current_context()
+            debug = kwargs.pop("debug", False) or bool((ctx.find_root().obj or {}).get("debug"))
+            try:
+                return fn(*args, **kwargs)
+            except InputError as exc:
+                if debug:
+                    traceback.print_exc()
+                raise BadInput(exc.message) from None
+            except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+                raise
+            except KeyboardInterrupt:
+                click.echo(f"intstream {name}: interrupted", err=True)
+                sys.exit(130)
+            except Exception as exc:  # runtime failure: one line, exit 1
+                if debug:
+                    traceback.print_exc()
+                msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                raise click.ClickException(f"{name} failed: {exc.__class__.__name__}: {msg}") from None
+
+        return run
+
+    return wrap
+
+
+def emit(manifest: dict) -> None:
+    """Write the stage's one JSON manifest line on stdout."""
+    sys.stdout.write(json.dumps(manifest, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def upstream(arg: str | None, key: str, *, also: tuple[str, ...] = ()) -> str:
+    """Resolve a stage input: a path, or ``-``/omitted for the upstream manifest on stdin.
+
+    ``key`` (then each of ``also``) names the manifest field that holds the path.
+    """
+    if arg not in (None, "-"):
+        return arg
+    stdin = click.get_text_stream("stdin")
+    if stdin.isatty():
+        raise BadInput(f"no input given and stdin is a terminal (pass a path or pipe an upstream manifest)")
+    lines = [ln for ln in stdin.read().splitlines() if ln.strip()]
+    if not lines:
+        raise BadInput("no input given and stdin is empty (the upstream stage printed no manifest)")
+    try:
+        manifest = json.loads(lines[-1])
+    except json.JSONDecodeError:
+        raise BadInput(f"stdin: not a JSON manifest line: {lines[-1][:80]!r}") from None
+    for k in (key,) + also:
+        if isinstance(manifest, dict) and manifest.get(k):
+            return str(manifest[k])
+    raise BadInput(f"stdin: upstream manifest has no {key!r} field")

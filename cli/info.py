@@ -1,0 +1,19 @@
+"""intstream info: a store's metadata as JSON."""
+
+from __future__ import annotations
+
+import click
+
+from . import options
+from .common import emit, stage, upstream
+
+
+@click.command()
+@click.argument("store", required=False)
+@options.debug
+@stage("info")
+def info(store):
+    """Print the metadata of STORE (or of the upstream manifest's store) as one JSON line."""
+    from intstream.store import open_store
+
+    emit(open_store(upstream(store, "store"), require_complete=False).info())

@@ -1,0 +1,48 @@
+"""intstream ingest: a source file -> a signal store."""
+
+from __future__ import annotations
+
+import click
+
+from . import options
+from .common import emit, stage
+
+
+def _parse_chunks(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        chunks = tuple(int(v) for v in value.replace("x", ",").split(","))
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a list of integers like 1024,1024") from None
+    if any(c < 1 for c in chunks):
+        raise click.BadParameter(f"{value!r}: chunk sizes must be positive")
+    return chunks
+
+
+@click.command()
+@click.argument("source", type=click.Path(dir_okay=True, path_type=str))
+@options.output("Store to write (default: <name>.zarr in the current folder).")
+@click.option(
+    "--kind",
+    type=click.Choice(["auto", "image", "audio", "sdf", "array"]),
+    default="auto",
+    show_default=True,
+    help="What the source holds (auto: from the file name).",
+)
+@click.option("--chunks", callback=_parse_chunks, help="Grid chunk shape, e.g. 1024,1024 (default per kind).")
+@click.option(
+    "--resolution",
+    type=click.IntRange(2, 1024),
+    default=256,
+    show_default=True,
+    help="SDF grid edge for meshes.",
+)
+@options.overwrite
+@options.debug
+@stage("ingest")
+def ingest(source, output, kind, chunks, resolution, overwrite):
+    """Convert SOURCE (image, audio, mesh or array) into a chunked signal store."""
+    from intstream.ingest import ingest as run
+
+    emit(run(source, output, kind=kind, chunks=chunks, resolution=resolution, overwrite=overwrite))

@@ -1,0 +1,33 @@
+"""Errors that the CLI turns into exit codes.
+
+`InputError` is bad usage or bad input (exit 2): the message is one line naming the
+file and what is wrong with it. Anything else escaping a stage is a runtime failure
+(exit 1).
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["InputError"]
+
+
+class InputError(Exception):
+    """A bad input file or argument; the CLI exits with code 2.
+
+    Parameters
+    ----------
+    path
+        The file or store the problem is about (``None`` when it is an option).
+    problem
+        What is wrong, in a few words, without a trailing period.
+    """
+
+    def __init__(self, path: str | os.PathLike | None, problem: str):
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        super().__init__(self.message)
+
+    @property
+    def message(self) -> str:
+        return self.problem if self.path is None else f"{self.path}: {self.problem}"

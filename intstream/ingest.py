@@ -1,0 +1,81 @@
+"""Ingest: stream a source file into a signal store, block by block."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from .errors import InputError
+from .progress import Progress
+from .readers import open_reader
+from .store import create_store, open_store
+
+__all__ = ["ingest", "default_store_path"]
+
+
+def default_store_path(source: str | os.PathLike) -> Path:
+    """``<stem>.zarr`` in the current folder (sources are often on read-only shares)."""
+    return Path.cwd() / (Path(source).name.split(".")[0] + ".zarr")
+
+
+def ingest(
+    source: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    *,
+    kind: str = "auto",
+    chunks: tuple[int, ...] | None = None,
+    resolution: int = 256,
+    overwrite: bool = False,
+    progress: bool | None = None,
+) -> dict:
+    """Convert ``source`` into a complete signal store at ``output``.
+
+    Returns the manifest: store path, kind, shape, channels, dtype, chunks, bytes
+    (uncompressed), stored bytes, seconds. Nothing is left at ``output`` on failure.
+    """
+    t0 = time.perf_counter()
+    src = Path(source).absolute()
+    out = Path(output) if output is not None else default_store_path(src)
+    reader = open_reader(src, kind, resolution=resolution)
+    try:
+        with create_store(
+            out,
+            kind=reader.kind,
+            shape=reader.shape,
+            channels=reader.channels,
+            dtype=reader.dtype,
+            chunks=chunks,
+            source=src,
+            meta=reader.meta,
+            overwrite=overwrite,
+        ) as writer:
+            blocks = list(writer.blocks())
+            with Progress(len(blocks), f"ingest {src.name}", enabled=progress) as bar:
+                for slices in blocks:
+                    try:
+                        values = reader.read(slices)
+                    except InputError:
+                        raise
+                    except Exception as exc:  # decoder errors surface mid-stream for truncated files
+                        raise InputError(src, f"corrupt or truncated data ({exc.__class__.__name__}: {exc})") from None
+                    writer.write(slices, values)
+                    bar.update()
+    finally:
+        reader.close()
+    store = open_store(out)
+    stored = sum(f.stat().st_size for f in Path(store.path).rglob("*") if f.is_file())
+    return {
+        "stage": "ingest",
+        "store": str(store.path),
+        "kind": store.kind,
+        "shape": list(store.shape),
+        "channels": store.channels,
+        "dtype": store.meta["dtype"],
+        "chunks": store.meta["chunks"],
+        "shards": store.meta["shards"],
+        "bytes": store.nbytes,
+        "stored_bytes": stored,
+        "seconds": round(time.perf_counter() - t0, 3),
+        "source": store.meta["source"]["name"],
+    }

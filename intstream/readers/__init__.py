@@ -1,0 +1,79 @@
+"""Source readers: each turns one file format into blocks of a grid signal.
+
+Every reader exposes the same small interface, which `intstream.ingest` drives:
+
+``kind``, ``shape`` (grid shape), ``channels``, ``dtype`` (stored dtype name), ``meta``
+(extra store attributes) and ``read(slices) -> ndarray`` returning the stored values of
+a grid block (channel axis last), plus ``close()``. Readers stream: ``read`` touches only
+the part of the file the block needs wherever the format allows it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import InputError
+
+__all__ = ["SUFFIXES", "detect_kind", "open_reader"]
+
+SUFFIXES = {
+    "image": (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".btf", ".tf8"),
+    "audio": (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff"),
+    "mesh": (".obj", ".ply", ".stl", ".off", ".glb", ".gltf"),
+    "volume": (".npy", ".zarr"),
+}
+
+
+def _family(path: Path) -> str | None:
+    suffix = path.suffix.lower()
+    for family, suffixes in SUFFIXES.items():
+        if suffix in suffixes:
+            return family
+    if path.is_dir() and ((path / "zarr.json").exists() or (path / ".zarray").exists()):
+        return "volume"
+    return None
+
+
+def detect_kind(path: Path) -> str:
+    """The signal kind a file holds, from its name (content is checked by the reader)."""
+    family = _family(path)
+    if family is None:
+        raise InputError(path, f"unsupported format {path.suffix or '(no suffix)'!r}")
+    return {"image": "image", "audio": "audio", "mesh": "sdf", "volume": "array"}[family]
+
+
+def open_reader(path: Path, kind: str = "auto", *, resolution: int = 256):
+    """Open a reader for ``path`` as ``kind`` (``auto`` guesses from the name)."""
+    if not path.exists():
+        raise InputError(path, "no such file")
+    if not path.is_dir():
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(1)
+        except OSError as exc:
+            raise InputError(path, f"cannot read ({exc.strerror})") from None
+        if not head:
+            raise InputError(path, "empty file")
+    family = _family(path)
+    if kind == "auto":
+        kind = detect_kind(path)
+    allowed = {"image": ("image",), "audio": ("audio",), "sdf": ("mesh", "volume", "image"), "array": ("volume",)}
+    if family not in allowed.get(kind, ()):
+        what = {"image": "an image", "audio": "an audio file", "mesh": "a mesh", "volume": "an array"}.get(family)
+        found = f"looks like {what}" if what else f"has an unsupported format {path.suffix!r}"
+        raise InputError(path, f"--kind {kind} does not match: the file {found}")
+    if kind == "image":
+        from .image import open_image
+
+        return open_image(path)
+    if kind == "audio":
+        from .audio import open_audio
+
+        return open_audio(path)
+    if kind == "sdf":
+        from .sdf import open_sdf
+
+        return open_sdf(path, resolution=resolution)
+    from .array import open_array
+
+    return open_array(path)
