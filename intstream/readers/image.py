@@ -24,6 +24,8 @@ class PillowImage:
         Image.MAX_IMAGE_PIXELS = None  # we ingest huge images on purpose
         try:
             with Image.open(path) as im:
+                if im.format == "PNG":
+                    _refuse_16bit_colour_png(path)
                 im.load()
                 self.values = _pil_to_array(im, path)
         except InputError:
@@ -42,6 +44,24 @@ class PillowImage:
 
     def close(self):
         self.values = None
+
+
+def _refuse_16bit_colour_png(path: Path) -> None:
+    """Pillow decodes 16-bit RGB/RGBA/gray+alpha PNGs to 8 bits per channel: refuse, don't lose bits.
+
+    (16-bit gray is fine: Pillow keeps it as ``I;16``.) No dependency we have decodes
+    these losslessly (imageio's PNG plugin is Pillow), so the user converts them.
+    """
+    with open(path, "rb") as fh:
+        head = fh.read(26)
+    # Signature (8) + IHDR length/tag (8) + width, height (8) + bit depth + colour type.
+    if len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6):
+        what = {2: "RGB", 4: "gray+alpha", 6: "RGBA"}[head[25]]
+        raise InputError(
+            path,
+            f"16-bit {what} PNG is not supported (Pillow would drop it to 8 bits); "
+            "convert it to a 16-bit TIFF to ingest it losslessly",
+        )
 
 
 def _pil_to_array(im, path: Path) -> np.ndarray:
@@ -104,13 +124,53 @@ class TiffImage:
         self.dtype = dt.name
         self.path = path
         self.meta = {}
+        self._check_not_truncated(series)
+
+    def _check_not_truncated(self, series) -> None:
+        """Refuse a file whose tiles/strips point past its end (cheap: offsets only)."""
+        size = self.path.stat().st_size
+        for page in series.pages:
+            if page is None:
+                continue
+            offsets = np.asarray(page.dataoffsets, dtype=np.int64)
+            counts = np.asarray(page.databytecounts, dtype=np.int64)
+            if offsets.size and int((offsets + counts).max()) > size:
+                raise InputError(self.path, f"truncated TIFF: image data runs past the end of the file ({size} bytes)")
+
+    def _region(self, index: tuple[slice, ...]) -> np.ndarray:
+        """Read a region one Zarr chunk (= one TIFF tile or strip) per call.
+
+        One chunk per call means no concurrent sibling reads: a corrupt tile raises
+        here cleanly instead of leaving zarr's pending async reads to spill warnings on
+        stderr, and memory stays at the region plus one tile.
+        """
+        from ..store import block_slices
+
+        index = tuple(slice(*s.indices(n)[:2]) for s, n in zip(index, self._z.shape))
+        out = np.empty(tuple(s.stop - s.start for s in index), dtype=self._z.dtype)
+        chunks = self._z.chunks
+        # Chunk-aligned pieces of the region: block_slices over the chunk grid, clipped.
+        first = tuple(s.start // c * c for s, c in zip(index, chunks))
+        span = tuple(s.stop - f for s, f in zip(index, first))
+        for piece in block_slices(span, chunks):
+            src = tuple(
+                slice(max(f + p.start, s.start), min(f + p.stop, s.stop)) for f, p, s in zip(first, piece, index)
+            )
+            if any(x.start >= x.stop for x in src):
+                continue
+            dst = tuple(slice(x.start - s.start, x.stop - s.start) for x, s in zip(src, index))
+            try:
+                out[dst] = self._z[src]
+            except Exception as exc:
+                raise InputError(self.path, f"corrupt TIFF tile at {[x.start for x in src]} ({exc.__class__.__name__}: {exc})") from None
+        return out
 
     def read(self, slices):
         if self._order == "yx":
-            return np.asarray(self._z[slices])[..., None]
+            return self._region(tuple(slices))[..., None]
         if self._order == "yxs":
-            return np.asarray(self._z[slices + (slice(None),)])
-        return np.moveaxis(np.asarray(self._z[(slice(None),) + slices]), 0, -1)
+            return self._region(tuple(slices) + (slice(None),))
+        return np.moveaxis(self._region((slice(None),) + tuple(slices)), 0, -1)
 
     def close(self):
         self._zstore.close()
