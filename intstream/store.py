@@ -217,7 +217,8 @@ class SignalStore:
     meta
         The ``intstream`` group attributes (see DESIGN §3).
     norm
-        The `Normalisation` between stored values and targets.
+        The `Normalisation` between stored values and targets (``None`` only for an
+        incomplete store opened with ``require_complete=False``).
     """
 
     def __init__(self, path: Path, group, meta: dict):
@@ -225,7 +226,9 @@ class SignalStore:
         self.group = group
         self.meta = meta
         self.array = group["signal"]
-        self.norm = Normalisation.from_dict(meta["normalisation"])
+        # An incomplete store (shown by `intstream info`) has no normalisation yet.
+        norm = meta.get("normalisation")
+        self.norm = Normalisation.from_dict(norm) if norm else None
 
     # -- shape -------------------------------------------------------------------
     @property
