@@ -36,7 +36,7 @@ def stage(name: str):
             except InputError as exc:
                 if debug:
                     traceback.print_exc()
-                raise BadInput(exc.message) from None
+                raise BadInput(" ".join(exc.message.split())) from None  # one line, whatever the library said
             except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
                 raise
             except KeyboardInterrupt:
@@ -66,8 +66,8 @@ def upstream(arg: str | None, key: str, *, also: tuple[str, ...] = ()) -> str:
     """
     if arg not in (None, "-"):
         return arg
-    stdin = click.get_text_stream("stdin")
-    if stdin.isatty():
+    stdin = sys.stdin  # click.get_text_stream is deprecated (click 8.2+); CliRunner swaps sys.stdin too
+    if stdin is None or stdin.isatty():
         raise BadInput(f"no input given and stdin is a terminal (pass a path or pipe an upstream manifest)")
     lines = [ln for ln in stdin.read().splitlines() if ln.strip()]
     if not lines:
