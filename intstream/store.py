@@ -289,9 +289,12 @@ class SignalStore:
 
     def targets_at(self, flat_index: np.ndarray) -> np.ndarray:
         """Normalised targets of samples given by flat indices, ``(n, channels)``."""
-        idx = np.unravel_index(np.asarray(flat_index, dtype=np.int64), self.shape)
-        values = self.array.vindex[idx]
-        return self.norm.targets(values).reshape(-1, self.channels)
+        flat_index = np.asarray(flat_index, dtype=np.int64)
+        c = self.channels
+        # Zarr's coordinate selection needs an index on every axis, the channel one included.
+        idx = tuple(np.repeat(ix, c) for ix in np.unravel_index(flat_index, self.shape))
+        values = self.array.vindex[idx + (np.tile(np.arange(c), len(flat_index)),)]
+        return self.norm.targets(values).reshape(-1, c)
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray]:
         """All ``(coords, targets)`` in memory (in-core training only)."""
