@@ -1,0 +1,182 @@
+"""Teachers: which samples the learner trains on at each step (DESIGN §4).
+
+A teacher owns the candidate samples (all of them in core) and, at each selection step
+of its interval schedule, picks the subset the next steps train on:
+
+``full``    every sample, every step (the baseline);
+``random``  a uniform subset of the size INT would pick (the other baseline);
+``int``     the paper: an error map over all samples with the current weights (no grad,
+            L1 summed over channels), then the top-k; the subset is reused until the
+            next selection;
+``intstream`` intstream's default: INT's top-k mixed with a random share and
+            reselected more often, scored in bf16 where that is faster (see
+            `STRATEGY_PRESETS`, chosen by benchmarks/bench_teachers.py).
+
+The in-core teacher is exactly the paper's algorithm when ``random_share = 0``.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields, replace
+
+import torch
+
+from .model import predict
+from .schedules import interval_at, parse_interval, ratio_at, selection_steps
+from .topk import topk_indices
+
+__all__ = ["TeacherConfig", "STRATEGIES", "STRATEGY_PRESETS", "resolve_teacher", "InCoreTeacher"]
+
+STRATEGIES = ("intstream", "int", "full", "random")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """How samples are selected.
+
+    Attributes
+    ----------
+    strategy
+        One of `STRATEGIES`.
+    ratio
+        r0, the selected fraction at the start (the paper: 0.2).
+    ratio_schedule
+        ``constant``, ``linear``, ``step`` (the paper) or ``cosine``.
+    interval_schedule
+        ``dense``, ``incremental`` (the paper) or ``fixed:N``.
+    random_share
+        Fraction of each selection drawn uniformly from the unselected samples instead
+        of by error (0 = the paper).
+    score_dtype
+        ``float32`` or ``bfloat16`` for the no-grad scoring forward.
+    """
+
+    strategy: str = "intstream"
+    ratio: float = 0.2
+    ratio_schedule: str = "step"
+    interval_schedule: str = "incremental"
+    random_share: float = 0.0
+    score_dtype: str = "float32"
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {self.strategy!r} (expected one of {', '.join(STRATEGIES)})")
+        if not 0.0 < self.ratio <= 1.0:
+            raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
+        if not 0.0 <= self.random_share <= 1.0:
+            raise ValueError(f"random_share must be in [0, 1], got {self.random_share}")
+        if self.score_dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"score_dtype must be float32 or bfloat16, got {self.score_dtype!r}")
+        parse_interval(self.interval_schedule)
+        ratio_at(self.ratio_schedule, 0, 10, self.ratio)  # validates the name
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# intstream's own teacher, as measured in benchmarks/bench_teachers.py (see BENCHMARKS.md).
+STRATEGY_PRESETS = {
+    "intstream": {"interval_schedule": "dense", "random_share": 0.5, "ratio_schedule": "step", "score_dtype": "bfloat16"},
+    "int": {"interval_schedule": "incremental", "random_share": 0.0, "ratio_schedule": "step", "score_dtype": "float32"},
+    "full": {"interval_schedule": "dense", "ratio": 1.0, "ratio_schedule": "constant", "random_share": 0.0},
+    "random": {"interval_schedule": "incremental", "random_share": 1.0, "ratio_schedule": "step"},
+}
+
+
+def resolve_teacher(strategy: str = "intstream", **overrides) -> TeacherConfig:
+    """The teacher config for a strategy: its preset, then explicit (non-None) overrides."""
+    if strategy not in STRATEGY_PRESETS:
+        raise ValueError(f"unknown strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})")
+    known = {f.name for f in fields(TeacherConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise ValueError(f"unknown teacher option(s): {', '.join(unknown)}")
+    items = {**STRATEGY_PRESETS[strategy], **{k: v for k, v in overrides.items() if v is not None}}
+    if strategy == "full":
+        items.update(ratio=1.0, ratio_schedule="constant", random_share=0.0)
+    if strategy == "random":
+        items["random_share"] = 1.0
+    return replace(TeacherConfig(strategy=strategy), **items)
+
+
+class InCoreTeacher:
+    """Selects training subsets of an in-memory signal (the paper's setting).
+
+    Parameters
+    ----------
+    cfg
+        The teacher config.
+    coords, targets
+        All samples, ``(N, d)`` and ``(N, C)``, already on the training device.
+    total_steps
+        T, for the schedules.
+    generator
+        Source of randomness for random shares (its state is checkpointed).
+    """
+
+    def __init__(self, cfg: TeacherConfig, coords: torch.Tensor, targets: torch.Tensor, total_steps: int, generator: torch.Generator):
+        self.cfg = cfg
+        self.coords = coords
+        self.targets = targets
+        self.n = coords.shape[0]
+        self.total_steps = total_steps
+        self.generator = generator
+        self._select_at = set(selection_steps(cfg.interval_schedule, total_steps))
+        self.index: torch.Tensor | None = None  # the current subset (None = all samples)
+        self.score_dtype = torch.bfloat16 if cfg.score_dtype == "bfloat16" else None
+
+    def k_at(self, step: int) -> int:
+        ratio = ratio_at(self.cfg.ratio_schedule, step, self.total_steps, self.cfg.ratio)
+        return max(1, min(self.n, math.floor(ratio * self.n)))
+
+    def batch(self, step: int, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """The ``(x, y)`` to train on at ``step`` and what was decided.
+
+        The info dict holds ``ratio``, ``interval``, ``selected`` (bool) and ``mse_all``
+        (the MSE of the current weights over all samples when the selection computed it
+        for free, else None).
+        """
+        info = {"ratio": None, "interval": interval_at(self.cfg.interval_schedule, step, self.total_steps),
+                "selected": False, "mse_all": None}
+        k = self.k_at(step)
+        info["ratio"] = k / self.n
+        if k >= self.n and self.cfg.strategy in ("full",):
+            self.index = None
+        elif step in self._select_at or self.index is None:
+            info["selected"] = True
+            self.index, info["mse_all"] = self._select(model, k)
+        if self.index is None:
+            return self.coords, self.targets, info
+        return self.coords[self.index], self.targets[self.index], info
+
+    def _select(self, model, k: int) -> tuple[torch.Tensor | None, float | None]:
+        if k >= self.n:
+            return None, None
+        n_random = round(self.cfg.random_share * k)
+        n_top = k - n_random
+        mse = None
+        if n_top > 0:
+            pred = predict(model, self.coords, dtype=self.score_dtype)
+            diff = pred - self.targets
+            mse = float(diff.square().mean())
+            error = diff.abs_().sum(dim=1)
+            top = topk_indices(error, n_top)
+        else:
+            top = torch.empty(0, dtype=torch.long, device=self.coords.device)
+        if n_random == 0:
+            return top, mse
+        # Random share drawn from the samples the top-k did not take.
+        mask = torch.ones(self.n, dtype=torch.bool)
+        mask[top.cpu()] = False
+        rest = mask.nonzero().squeeze(1)
+        pick = torch.randperm(rest.numel(), generator=self.generator)[:n_random]
+        index = torch.cat([top, rest[pick].to(top.device)])
+        return index, mse
+
+    def state_dict(self) -> dict:
+        return {"index": None if self.index is None else self.index.cpu(), "generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.index = None if state["index"] is None else state["index"].to(self.coords.device)
+        self.generator.set_state(state["generator"])
