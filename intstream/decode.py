@@ -1,0 +1,400 @@
+"""Decode a fitted network to a file, streaming: PNG, tiled BigTIFF, WAV/FLAC, PLY/OBJ, Zarr.
+
+The network is evaluated block by block on the output grid (`predict_blocks`); a writer
+consumes the blocks in the order it needs and converts predictions back to stored
+values through `Normalisation.inverse` (the one place of the inverse mapping). Memory
+is one block plus what the format itself keeps (the whole image for PNG, the mesh for
+PLY/OBJ); TIFF, audio and Zarr outputs never hold more than a block.
+
+Every output is written under a temporary name and renamed into place when complete
+(`intstream.atomic`), so a failed decode leaves nothing behind.
+
+Writers share one small interface: ``block`` (the grid block they want, row-major
+order) and ``consume(blocks)`` taking an iterator of ``(slices, targets)`` where
+``targets`` is the float32 prediction block, grid shape + (channels,).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import time
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .atomic import atomic_output, check_output_path
+from .errors import InputError
+from .normalize import Normalisation, axis_coords, block_coords
+from .store import block_slices
+
+__all__ = [
+    "FORMATS",
+    "output_format",
+    "parse_shape",
+    "resolve_device",
+    "predict_blocks",
+    "default_block",
+    "sdf_slab",
+    "sdf_geometry",
+    "open_writer",
+    "decode",
+]
+
+# suffix -> (format, kinds it can hold)
+FORMATS = {
+    ".png": ("png", ("image",)),
+    ".tif": ("tiff", ("image",)),
+    ".tiff": ("tiff", ("image",)),
+    ".btf": ("tiff", ("image",)),
+    ".wav": ("wav", ("audio",)),
+    ".flac": ("flac", ("audio",)),
+    ".ply": ("ply", ("sdf",)),
+    ".obj": ("obj", ("sdf",)),
+    ".zarr": ("zarr", ("image", "audio", "sdf", "array")),
+}
+# PNG is written from one in-memory array: keep it for images a viewer can open.
+MAX_PNG_PIXELS = 1 << 26
+TIFF_TILE = 512
+AUDIO_BLOCK = 1 << 18
+# Samples per SDF slab (whole planes along axis 0): bounds memory for meshes and IoU.
+SDF_SLAB_SAMPLES = 1 << 21
+
+
+def output_format(path: str | os.PathLike, kind: str) -> str:
+    """The format for an output path, checked against the signal kind."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in FORMATS:
+        known = ", ".join(sorted(FORMATS))
+        raise InputError(path, f"unknown output format {suffix or '(no suffix)'!r} (expected one of {known})")
+    fmt, kinds = FORMATS[suffix]
+    if kind not in kinds:
+        raise InputError(path, f"a {kind} signal cannot be decoded to {suffix} (use {_suffixes_for(kind)})")
+    return fmt
+
+
+def _suffixes_for(kind: str) -> str:
+    return ", ".join(s for s, (_, kinds) in FORMATS.items() if kind in kinds)
+
+
+def parse_shape(text: str | None, ndim: int) -> tuple[int, ...] | None:
+    """``"768,512"`` / ``"768x512"`` -> ``(768, 512)``; checked against the grid's axes."""
+    if text is None:
+        return None
+    try:
+        shape = tuple(int(v) for v in str(text).replace("x", ",").split(",") if v.strip())
+    except ValueError:
+        raise InputError(None, f"--shape {text!r} is not a list of integers like 768,512") from None
+    if len(shape) != ndim:
+        raise InputError(None, f"--shape {text!r} has {len(shape)} axes; the signal has {ndim}")
+    if any(n < 1 for n in shape):
+        raise InputError(None, f"--shape {text!r}: sizes must be positive")
+    return shape
+
+
+def resolve_device(device: str = "auto") -> str:
+    """``auto`` -> ``cuda`` when available, else ``cpu``; an unavailable cuda is an InputError."""
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise InputError(None, "--device cuda: no CUDA device available")
+    return device
+
+
+def default_block(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
+    """A block shape for decoding when neither a store nor a writer decides it."""
+    if kind == "audio":
+        return (min(AUDIO_BLOCK, shape[0]),)
+    if kind == "sdf":
+        return sdf_slab(shape)
+    return tuple(min(1024, n) for n in shape)
+
+
+def sdf_slab(shape: tuple[int, ...]) -> tuple[int, ...]:
+    """Slabs of whole planes along axis 0 (meshing carries one plane between slabs)."""
+    plane = math.prod(shape[1:])
+    return (max(1, min(shape[0], SDF_SLAB_SAMPLES // max(plane, 1))),) + tuple(shape[1:])
+
+
+def sdf_geometry(signal: dict, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid axis ``(origin, spacing)`` of the samples in the network's coordinates.
+
+    Mesh vertices from marching cubes (in index units) map to ``origin + spacing * i``,
+    the same positions `block_coords` gives the network.
+    """
+    extent = Normalisation.from_dict(signal["normalisation"]).extent
+    origin, spacing = [], []
+    for n, e in zip(shape, extent):
+        c = axis_coords(n, e, 0, min(n, 2)).astype(np.float64)
+        origin.append(c[0])
+        spacing.append(c[1] - c[0] if n > 1 else 1.0)
+    return np.asarray(origin), np.asarray(spacing)
+
+
+def predict_blocks(
+    model,
+    shape: tuple[int, ...],
+    extent: tuple[float, ...],
+    blocks: Iterable[tuple[slice, ...]],
+    *,
+    batch: int = 65536,
+) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+    """Yield ``(slices, predictions)`` for each block: float32, block shape + (channels,).
+
+    Coordinates are computed from indices (``linspace(-extent, extent, n)`` per axis at
+    the given ``shape``), so any ``shape`` decodes the same continuous signal.
+    """
+    import torch
+
+    from .model import predict
+
+    for slices in blocks:
+        coords = torch.from_numpy(block_coords(shape, extent, slices))
+        pred = predict(model, coords, batch=batch).cpu().numpy()
+        yield slices, pred.reshape(tuple(s.stop - s.start for s in slices) + (-1,))
+
+
+# -- writers ------------------------------------------------------------------------
+
+
+class _PNG:
+    def __init__(self, tmp: Path, shape, channels: int, norm: Normalisation):
+        if math.prod(shape) > MAX_PNG_PIXELS:
+            raise InputError(None, f"a {shape[0]}x{shape[1]} image is too big for PNG (write .tif instead)")
+        dt = np.dtype(norm.dtype)
+        if dt not in (np.uint8, np.uint16) or (dt == np.uint16 and channels != 1):
+            raise InputError(None, f"PNG cannot hold {channels}-channel {dt.name} images (write .tif instead)")
+        if channels not in (1, 3, 4):
+            raise InputError(None, f"PNG cannot hold {channels}-channel images (write .tif or .zarr instead)")
+        self.tmp, self.norm = tmp, norm
+        self.array = np.zeros(tuple(shape) + (channels,), dtype=dt)
+        self.block = tuple(min(1024, n) for n in shape)
+
+    def consume(self, blocks):
+        from PIL import Image
+
+        for slices, pred in blocks:
+            self.array[slices] = self.norm.inverse(pred)
+        a = self.array[..., 0] if self.array.shape[-1] == 1 else self.array
+        Image.fromarray(a).save(self.tmp, format="PNG")
+
+
+class _TIFF:
+    def __init__(self, tmp: Path, shape, channels: int, norm: Normalisation):
+        self.tmp, self.shape, self.channels, self.norm = tmp, tuple(shape), channels, norm
+        self.block = (TIFF_TILE, TIFF_TILE)
+
+    def consume(self, blocks):
+        import tifffile
+
+        dt = np.dtype(self.norm.dtype)
+        squeeze = self.channels == 1
+
+        def tiles():
+            # tifffile pulls tiles in row-major order and pads ragged edge tiles itself.
+            for _, pred in blocks:
+                v = self.norm.inverse(pred)
+                yield v[..., 0] if squeeze else v
+
+        shape = self.shape if squeeze else self.shape + (self.channels,)
+        photometric = "rgb" if self.channels in (3, 4) and dt == np.uint8 else "minisblack"
+        extra = {"extrasamples": [2]} if self.channels == 4 and photometric == "rgb" else {}
+        tifffile.imwrite(
+            self.tmp,
+            data=tiles(),
+            shape=shape,
+            dtype=dt,
+            tile=self.block,
+            bigtiff=True,
+            photometric=photometric,
+            planarconfig="contig",
+            compression="zlib",
+            compressionargs={"level": 1},  # the network, not zlib, should set the pace
+            **extra,
+        )
+
+
+class _Audio:
+    _SUBTYPES = {
+        ("wav", "int16"): "PCM_16",
+        ("wav", "int32"): "PCM_32",
+        ("wav", "float32"): "FLOAT",
+        ("flac", "int16"): "PCM_16",
+        ("flac", "int32"): "PCM_24",
+        ("flac", "float32"): "PCM_24",
+    }
+
+    def __init__(self, tmp: Path, fmt: str, shape, channels: int, norm: Normalisation, sample_rate: int):
+        dt = np.dtype(norm.dtype).name
+        if (fmt, dt) not in self._SUBTYPES:
+            raise InputError(None, f"{fmt.upper()} cannot hold {dt} audio (write .zarr instead)")
+        self.tmp, self.fmt, self.channels, self.norm = tmp, fmt, channels, norm
+        self.subtype = self._SUBTYPES[(fmt, dt)]
+        self.sample_rate = int(sample_rate)
+        self.block = (min(AUDIO_BLOCK, shape[0]),)
+
+    def consume(self, blocks):
+        import soundfile as sf
+
+        with sf.SoundFile(
+            str(self.tmp), "w", samplerate=self.sample_rate, channels=self.channels,
+            subtype=self.subtype, format=self.fmt.upper(),
+        ) as f:
+            for _, pred in blocks:
+                f.write(self.norm.inverse(pred))
+
+
+class _Mesh:
+    """Marching cubes over slabs of whole planes; one plane is carried to the next slab."""
+
+    def __init__(self, tmp: Path, fmt: str, shape, signal: dict):
+        self.tmp, self.fmt, self.shape = tmp, fmt, tuple(shape)
+        self.origin, self.spacing = sdf_geometry(signal, self.shape)
+        self.block = sdf_slab(self.shape)
+
+    def consume(self, blocks):
+        import trimesh
+
+        mesher = SlabMesher(self.origin, self.spacing)
+        for slices, pred in blocks:
+            mesher.add(slices[0].start, pred[..., 0])
+        verts, faces = mesher.mesh()
+        mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
+        # Vertices on slab boundaries are meshed twice; weld them for a clean surface.
+        mesh.merge_vertices(digits_vertex=6)
+        mesh.export(self.tmp, file_type=self.fmt)
+
+
+class SlabMesher:
+    """Accumulates a marching-cubes mesh from consecutive slabs along axis 0.
+
+    Each slab is meshed together with the last plane of the previous one, so every cube
+    of the grid is meshed exactly once and memory is one slab plus the mesh.
+    """
+
+    def __init__(self, origin: np.ndarray, spacing: np.ndarray, *, level: float = 0.0):
+        self.origin, self.spacing, self.level = np.asarray(origin), np.asarray(spacing), level
+        self._carry = None
+        self._carry_start = 0
+        self._verts, self._faces, self._n = [], [], 0
+
+    def add(self, start: int, slab: np.ndarray) -> None:
+        from .metrics import marching_cubes_block
+
+        slab = np.asarray(slab, dtype=np.float32)
+        if self._carry is not None:
+            if self._carry_start + 1 != start:
+                raise ValueError("slabs must arrive in order along axis 0")
+            block, first = np.concatenate([self._carry[None], slab]), start - 1
+        else:
+            block, first = slab, start
+        origin = self.origin.copy()
+        origin[0] += first * self.spacing[0]
+        v, f = marching_cubes_block(block, origin, self.spacing, level=self.level)
+        if len(f):
+            self._verts.append(v)
+            self._faces.append(f + self._n)
+            self._n += len(v)
+        self._carry, self._carry_start = slab[-1].copy(), start + slab.shape[0] - 1
+
+    def mesh(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(vertices (n, 3) float64, faces (m, 3) int64)``; empty arrays when no surface."""
+        if not self._faces:
+            return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+        return np.concatenate(self._verts), np.concatenate(self._faces)
+
+
+class _Zarr:
+    def __init__(self, writer, norm: Normalisation):
+        self.writer, self.norm = writer, norm
+        self.block = writer.write_block
+
+    def consume(self, blocks):
+        for slices, pred in blocks:
+            self.writer.write(slices, self.norm.inverse(pred))
+
+
+def _zarr_meta(weights, shape: tuple[int, ...]) -> dict:
+    """Store attributes for a decoded store: the fitted signal's, adapted to ``shape``."""
+    skip = {"format_version", "kind", "shape", "channels", "dtype", "chunks", "shards", "source",
+            "complete", "normalisation"}
+    meta = {k: v for k, v in weights.signal.items() if k not in skip}
+    old = weights.shape
+    if weights.kind == "audio" and "sample_rate" in meta and shape != old:
+        # Same time span, more or fewer samples across it.
+        meta["sample_rate"] = _resampled_rate(meta["sample_rate"], old[0], shape[0])
+    meta["decoded_from"] = {
+        "weights": str(weights.path),
+        "source": weights.signal.get("source"),
+        "shape": list(old),
+        "normalisation": weights.signal["normalisation"],
+    }
+    return meta
+
+
+def _resampled_rate(rate: float, n_old: int, n_new: int) -> int:
+    return int(round(float(rate) * max(n_new - 1, 1) / max(n_old - 1, 1)))
+
+
+@contextlib.contextmanager
+def open_writer(path: str | os.PathLike, weights, shape: tuple[int, ...], *, overwrite: bool = False):
+    """A writer for ``path`` (format from the suffix); the file appears only on success.
+
+    ``weights`` is an `intstream.export.Weights`; ``shape`` the output grid shape.
+    """
+    fmt = output_format(path, weights.kind)
+    out = check_output_path(path, overwrite=overwrite)
+    norm, channels = weights.norm, weights.channels
+    if fmt == "zarr":
+        from .store import create_store
+
+        value_range = weights.signal.get("value_range")
+        with create_store(out, kind=weights.kind, shape=shape, channels=channels, dtype=norm.dtype,
+                          meta={**_zarr_meta(weights, shape), "value_range": value_range},
+                          overwrite=overwrite) as w:
+            yield _Zarr(w, norm)
+        return
+    with atomic_output(out) as tmp:
+        try:
+            if fmt == "png":
+                writer = _PNG(tmp, shape, channels, norm)
+            elif fmt == "tiff":
+                writer = _TIFF(tmp, shape, channels, norm)
+            elif fmt in ("wav", "flac"):
+                rate = weights.signal.get("sample_rate")
+                if not rate:
+                    raise InputError(None, "no sample rate recorded; decode to .zarr instead")
+                writer = _Audio(tmp, fmt, shape, channels, norm, _resampled_rate(rate, weights.shape[0], shape[0]))
+            else:
+                writer = _Mesh(tmp, fmt, shape, weights.signal)
+        except InputError as exc:  # name the output the problem is about
+            raise InputError(out, exc.problem) if exc.path is None else exc from None
+        yield writer
+        if not tmp.exists():
+            raise RuntimeError(f"{fmt} writer produced no file")
+
+
+def decode(
+    weights,
+    output: str | os.PathLike,
+    *,
+    shape: tuple[int, ...] | None = None,
+    device: str = "auto",
+    batch: int = 65536,
+    overwrite: bool = False,
+) -> dict:
+    """Decode ``weights`` (an `intstream.export.Weights`) to ``output`` without a store.
+
+    Returns ``{"decoded": path, "shape": [...], "seconds": ...}``.
+    """
+    t0 = time.perf_counter()
+    shape = tuple(shape) if shape is not None else weights.shape
+    model = weights.model(resolve_device(device))
+    with open_writer(output, weights, shape, overwrite=overwrite) as writer:
+        writer.consume(predict_blocks(model, shape, weights.norm.extent, block_slices(shape, writer.block), batch=batch))
+    return {"decoded": str(Path(output).absolute()), "shape": list(shape), "seconds": round(time.perf_counter() - t0, 3)}
+

@@ -1,0 +1,410 @@
+"""eval: score fitted weights against their store and/or decode them, streaming.
+
+One pass over blocks of the grid: each block's coordinates go through the network,
+its targets are read from the store (one block ahead, in a background thread, so reads
+overlap the forward pass), the per-block metric kernels of `intstream.metrics`
+accumulate, and a decode writer (`intstream.decode`) consumes the same predictions.
+Memory is a few blocks whatever the signal size; nothing is ever gathered whole
+(except what a format needs: a PNG image, the meshes for PLY/OBJ and Chamfer).
+
+A plain chunk loop with one block of prefetch, rather than a Dask graph: the network
+forward is the bottleneck by three orders of magnitude over the Zarr reads, it
+already uses every core through torch, and a loop keeps the writer's row-major order
+and the memory bound obvious.
+
+The blocks are the store's chunks, or the decode writer's blocks (TIFF tiles, audio
+blocks) when decoding at the store's shape, so one forward pass serves both. Images
+scored for SSIM are predicted with a halo of ``win_size // 2`` pixels around each
+block (see `intstream.metrics.ssim_halo`); SDF grids go in slabs of whole planes so that
+marching cubes can carry one plane between slabs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+from .metrics import (
+    SSIM_WIN,
+    ErrorSums,
+    chamfer_distance,
+    iou_from_counts,
+    occupancy_counts,
+    ssim_block_sums,
+)
+from .normalize import axis_coords
+from .store import SignalStore, block_slices, open_store
+
+__all__ = ["METRICS", "DEFAULT_METRICS", "resolve_metrics", "check_store", "evaluate", "score"]
+
+METRICS = {
+    "image": ("psnr", "ssim"),
+    "audio": ("psnr", "snr"),
+    "sdf": ("iou", "chamfer"),
+    "array": ("psnr",),
+}
+DEFAULT_METRICS = {"image": ("psnr", "ssim"), "audio": ("psnr", "snr"), "sdf": ("iou",), "array": ("psnr",)}
+# Plots decode at most this many pixels on the long side / audio points.
+PLOT_MAX_SIDE = 1024
+PLOT_MAX_POINTS = 200_000
+
+
+def resolve_metrics(kind: str, requested: str | list | tuple | None) -> tuple[str, ...]:
+    """The metrics to compute: ``None``/``"default"`` -> the kind's defaults; ``"all"``; ``"none"``."""
+    if requested is None or requested == "default":
+        return DEFAULT_METRICS[kind]
+    names = requested.split(",") if isinstance(requested, str) else list(requested)
+    names = [n.strip().lower() for part in names for n in str(part).split(",") if n.strip()]
+    if names == ["none"]:
+        return ()
+    if names == ["all"]:
+        return METRICS[kind]
+    bad = [n for n in names if n not in METRICS[kind]]
+    if bad:
+        raise InputError(None, f"--metrics {','.join(bad)} not available for {kind} signals "
+                               f"(available: {', '.join(METRICS[kind])})")
+    return tuple(dict.fromkeys(names))
+
+
+def check_store(weights, store: SignalStore) -> None:
+    """Refuse a store that is not the signal the weights were fitted to (InputError)."""
+    problems = []
+    if store.kind != weights.kind:
+        problems.append(f"kind {store.kind} != {weights.kind}")
+    if store.shape != weights.shape:
+        problems.append(f"shape {list(store.shape)} != {list(weights.shape)}")
+    if store.channels != weights.channels:
+        problems.append(f"channels {store.channels} != {weights.channels}")
+    mine, theirs = (store.meta.get("source") or {}), (weights.signal.get("source") or {})
+    if mine.get("sha256") and theirs.get("sha256") and mine["sha256"] != theirs["sha256"]:
+        problems.append(f"source checksum differs ({mine.get('name')} vs {theirs.get('name')})")
+    if store.meta.get("normalisation") != weights.signal.get("normalisation") and not problems:
+        problems.append("normalisation differs")
+    if problems:
+        raise InputError(store.path, f"store does not match the weights {weights.path.name}: {'; '.join(problems)}")
+
+
+class _Scorer:
+    """Accumulates the requested metrics over blocks (pure kernels from `metrics`)."""
+
+    def __init__(self, store: SignalStore, metrics: tuple[str, ...]):
+        self.store, self.metrics = store, metrics
+        self.norm = store.norm
+        self.float_norm = dataclasses.replace(self.norm, dtype="float64")  # inverse without rounding
+        self.err = ErrorSums()
+        self.err_q = ErrorSums()
+        self.err_v = ErrorSums()
+        self.ssim_sums, self.ssim_count = 0.0, 0
+        self.inter = self.union = 0
+        self.meshers = None
+        if "chamfer" in metrics:
+            from .decode import SlabMesher, sdf_geometry
+
+            origin, spacing = sdf_geometry(store.meta, store.shape)
+            self.meshers = (SlabMesher(origin, spacing), SlabMesher(origin, spacing))
+
+    @property
+    def halo(self) -> int:
+        return (SSIM_WIN - 1) // 2 if "ssim" in self.metrics else 0
+
+    def add(self, block, region, pred_r: np.ndarray, values_r: np.ndarray) -> np.ndarray:
+        """Score one block; ``*_r`` cover ``region`` (the block plus halo). Returns the block's predictions."""
+        inner = tuple(slice(b.start - r.start, b.stop - r.start) for b, r in zip(block, region))
+        pred, values = pred_r[inner], values_r[inner]
+        target = self.norm.targets(values)
+        kind = self.store.kind
+        if kind in ("image", "audio", "array"):
+            self.err.add(pred, target)
+        if kind == "image":
+            q_r = self.norm.targets(self.norm.inverse(pred_r))  # the decoded (e.g. 8-bit) output
+            self.err_q.add(q_r[inner], target)
+            if "ssim" in self.metrics:
+                r = self.halo
+                core = []
+                for b, reg, n in zip(block, region, self.store.shape):
+                    lo, hi = max(b.start, r), min(b.stop, n - r)
+                    core.append(slice(lo - reg.start, max(hi, lo) - reg.start))
+                sums, count = ssim_block_sums(q_r, self.norm.targets(values_r), tuple(core), data_range=1.0)
+                self.ssim_sums = self.ssim_sums + sums
+                self.ssim_count += count
+        if kind == "audio" and "snr" in self.metrics:
+            self.err_v.add(self.float_norm.inverse(pred), values.astype(np.float64))
+        if kind == "sdf":
+            i, u = occupancy_counts(pred[..., 0], target[..., 0])
+            self.inter += i
+            self.union += u
+            if self.meshers is not None:
+                self.meshers[0].add(block[0].start, pred[..., 0])
+                self.meshers[1].add(block[0].start, target[..., 0])
+        return pred
+
+    def result(self) -> dict:
+        kind, out = self.store.kind, {}
+        if "psnr" in self.metrics:
+            out["psnr"] = _num(self.err.psnr(1.0))
+            out["mse"] = _num(self.err.mse)
+            if kind == "image":
+                out["psnr_quantized"] = _num(self.err_q.psnr(1.0))
+                out["quantized_dtype"] = self.norm.dtype
+        if "ssim" in self.metrics:
+            out["ssim"] = _num(float(np.mean(self.ssim_sums / self.ssim_count))) if self.ssim_count else None
+        if "snr" in self.metrics:
+            out["snr"] = _num(self.err_v.snr())
+        if kind == "sdf":
+            if "iou" in self.metrics:
+                out["iou"] = _num(iou_from_counts(self.inter, self.union))
+            if self.meshers is not None:
+                (va, fa), (vb, fb) = self.meshers[0].mesh(), self.meshers[1].mesh()
+                out["chamfer"] = _num(chamfer_distance(va, fa, vb, fb))
+                out["chamfer_units"] = "network coordinates (the normalised box)"
+        return out
+
+
+def _num(x: float | None):
+    """JSON-safe numbers: inf/nan become strings rather than invalid JSON."""
+    if x is None:
+        return None
+    x = float(x)
+    return x if math.isfinite(x) else str(x)
+
+
+def _grow(block, shape, r):
+    return tuple(slice(max(s.start - r, 0), min(s.stop + r, n)) for s, n in zip(block, shape))
+
+
+def score(
+    model,
+    store: SignalStore,
+    metrics: tuple[str, ...],
+    blocks: list[tuple[slice, ...]],
+    *,
+    batch: int = 65536,
+    writer=None,
+    progress: bool | None = None,
+) -> dict:
+    """Stream ``blocks`` of ``store`` through ``model``; return the metrics dict.
+
+    With a ``writer`` (see `intstream.decode`), the same predictions are decoded; the
+    blocks must then be in the writer's order.
+    """
+    import torch
+
+    from .model import predict
+    from .normalize import block_coords
+    from .progress import Progress
+
+    scorer = _Scorer(store, metrics)
+    shape, extent, halo = store.shape, store.norm.extent, scorer.halo
+    regions = [_grow(b, shape, halo) for b in blocks]
+
+    def gen():
+        with ThreadPoolExecutor(max_workers=1) as pool, Progress(len(blocks), "eval", enabled=progress) as bar:
+            # One block of read-ahead: reads overlap the forward pass, memory stays bounded.
+            pending = pool.submit(store.read, regions[0]) if blocks else None
+            for i, (block, region) in enumerate(zip(blocks, regions)):
+                values = pending.result()
+                pending = pool.submit(store.read, regions[i + 1]) if i + 1 < len(blocks) else None
+                coords = torch.from_numpy(block_coords(shape, extent, region))
+                pred = predict(model, coords, batch=batch).cpu().numpy().reshape(values.shape[:-1] + (-1,))
+                yield block, scorer.add(block, region, pred, values)
+                bar.update()
+
+    if writer is not None:
+        writer.consume(gen())
+    else:
+        for _ in gen():
+            pass
+    return scorer.result()
+
+
+def _store_blocks(store: SignalStore) -> list[tuple[slice, ...]]:
+    from .decode import sdf_slab
+
+    if store.kind == "sdf":
+        return list(block_slices(store.shape, sdf_slab(store.shape)))
+    return store.chunk_slices()
+
+
+def _open_store(weights, store_arg) -> SignalStore | None:
+    if store_arg is not None:
+        store = open_store(store_arg)
+    elif weights.store_path and Path(weights.store_path).exists():
+        store = open_store(weights.store_path)
+    else:
+        return None
+    check_store(weights, store)
+    return store
+
+
+def evaluate(
+    source: str | os.PathLike,
+    *,
+    store: str | os.PathLike | None = None,
+    metrics: str | tuple | None = None,
+    decode: str | os.PathLike | None = None,
+    shape: tuple[int, ...] | str | None = None,
+    device: str = "auto",
+    plot: str | os.PathLike | None = None,
+    overwrite: bool = False,
+    batch: int = 65536,
+    progress: bool | None = None,
+) -> dict:
+    """Score weights (file, run dir or checkpoint) against a store and/or decode them.
+
+    Parameters
+    ----------
+    source
+        A ``.safetensors`` weights file, a run directory or a ``checkpoint.pt``.
+    store
+        The store to score against; default: the store recorded at fit time, if it
+        still exists. A store that does not match the weights is an `InputError`.
+    metrics
+        Comma list or sequence (see `METRICS`); ``None`` for the kind's defaults,
+        ``"all"`` or ``"none"``.
+    decode
+        Output file (``.png .tif .wav .flac .ply .obj .zarr``), or None.
+    shape
+        Decode at another grid shape (the store's metrics are still on its own grid).
+    device, batch
+        Where the network runs and samples per forward.
+    plot
+        Folder for PNG plots (needs matplotlib).
+    overwrite
+        Replace existing outputs.
+
+    Returns
+    -------
+    dict
+        The manifest: weights / run dir, store, metrics, decoded path, plots, seconds,
+        and the scoring throughput in MB/s of raw signal.
+    """
+    from .atomic import check_output_path
+    from .decode import open_writer, output_format, parse_shape, predict_blocks, resolve_device
+    from .export import load_source
+
+    t0 = time.perf_counter()
+    weights = load_source(source)
+    kind = weights.kind
+    names = resolve_metrics(kind, metrics)
+    dec_shape = parse_shape(shape, len(weights.shape)) if isinstance(shape, str) else (
+        tuple(int(n) for n in shape) if shape is not None else None)
+    if dec_shape is not None and decode is None:
+        raise InputError(None, "--shape needs --decode (metrics are computed on the store's own grid)")
+    dec_shape = dec_shape or weights.shape
+    if decode is not None:
+        output_format(decode, kind)
+        check_output_path(decode, overwrite=overwrite)
+    plot_dir = None
+    if plot is not None:
+        from .plots import check_plot_dir
+
+        plot_dir = check_plot_dir(plot, overwrite=overwrite)
+    st = _open_store(weights, store)
+    if st is None:
+        if metrics not in (None, "default", "none"):
+            where = weights.store_path or "(none recorded)"
+            raise InputError(weights.path, f"no store to score against: the recorded store {where} is gone; pass --store")
+        names = ()
+        if decode is None and plot is None:
+            raise InputError(weights.path, f"nothing to do: the recorded store {weights.store_path} is gone "
+                                           "(pass --store to score, or --decode to decode)")
+        print(f"intstream eval: store {weights.store_path} not found; decoding without metrics", file=sys.stderr)
+    dev = resolve_device(device)
+    model = weights.model(dev)
+
+    result, decoded, t_score = {}, None, None
+    if st is not None and names:
+        t1 = time.perf_counter()
+        if decode is not None and dec_shape == st.shape:
+            with open_writer(decode, weights, dec_shape, overwrite=overwrite) as writer:
+                # SDF goes in slabs (meshing carries a plane); any writer takes any block.
+                plan = _store_blocks(st) if kind == "sdf" else list(block_slices(st.shape, writer.block))
+                blocks = plan
+                result = score(model, st, names, blocks, batch=batch, writer=writer, progress=progress)
+            decoded = str(Path(decode).absolute())
+        else:
+            result = score(model, st, names, _store_blocks(st), batch=batch, progress=progress)
+        t_score = time.perf_counter() - t1
+    if decode is not None and decoded is None:
+        with open_writer(decode, weights, dec_shape, overwrite=overwrite) as writer:
+            writer.consume(predict_blocks(model, dec_shape, weights.norm.extent,
+                                          block_slices(dec_shape, writer.block), batch=batch))
+        decoded = str(Path(decode).absolute())
+    plots = None
+    if plot_dir is not None:
+        plots = _plots(plot_dir, weights, model, st, batch=batch)
+    manifest = {
+        "stage": "eval",
+        "weights": str(weights.path) if weights.path.suffix != ".pt" else None,
+        "run_dir": weights.run_dir,
+        "store": None if st is None else str(st.path),
+        "kind": kind,
+        "metrics": result,
+        "decoded": decoded,
+        "decoded_shape": None if decoded is None else list(dec_shape),
+        "plots": plots,
+        "device": dev,
+        "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if t_score:
+        manifest["score_seconds"] = round(t_score, 3)
+        manifest["mb_per_s"] = round(st.nbytes / 1e6 / t_score, 3)
+    if weights.summary:
+        manifest["train_psnr"] = weights.summary.get("train_psnr")
+    return manifest
+
+
+# -- plots ----------------------------------------------------------------------------
+
+
+def _predict_at(model, shape, extent, index_axes, batch):
+    """Predictions on the sub-grid given by per-axis index arrays (strided previews)."""
+    import torch
+
+    from .model import predict
+
+    axes = [axis_coords(n, e)[idx] for n, e, idx in zip(shape, extent, index_axes)]
+    mesh = np.meshgrid(*axes, indexing="ij")
+    coords = np.stack([m.reshape(-1) for m in mesh], axis=1)
+    pred = predict(model, torch.from_numpy(coords), batch=batch).cpu().numpy()
+    return pred.reshape(tuple(len(i) for i in index_axes) + (-1,))
+
+
+def _plots(out_dir: Path, weights, model, store: SignalStore | None, *, batch: int) -> list[str]:
+    from . import plots
+
+    made = []
+    log = Path(weights.run_dir) / "log.jsonl" if weights.run_dir else None
+    if log is not None and log.is_file():
+        made.append(plots.training_curves(log, out_dir / "training.png"))
+    shape, extent, norm = weights.shape, weights.norm.extent, weights.norm
+    kind = weights.kind
+    if kind in ("image", "array") and len(shape) == 2:
+        step = max(1, math.ceil(max(shape) / PLOT_MAX_SIDE))
+        idx = [np.arange(0, n, step) for n in shape]
+        pred = _predict_at(model, shape, extent, idx, batch)
+        target = None if store is None else norm.targets(store.array[::step, ::step, :])
+        made.append(plots.image_error(pred, target, out_dir / "error.png", step=step))
+    elif kind == "audio":
+        step = max(1, math.ceil(shape[0] / PLOT_MAX_POINTS))
+        idx = [np.arange(0, shape[0], step)]
+        pred = _predict_at(model, shape, extent, idx, batch)
+        target = None if store is None else norm.targets(store.array[::step, :])
+        rate = float(weights.signal.get("sample_rate") or 1.0) / step
+        made.append(plots.audio_error(pred, target, out_dir / "waveform.png", sample_rate=rate))
+    elif kind == "sdf" and len(shape) == 3:
+        mid = shape[0] // 2
+        step = max(1, math.ceil(max(shape[1:]) / PLOT_MAX_SIDE))
+        idx = [np.array([mid]), np.arange(0, shape[1], step), np.arange(0, shape[2], step)]
+        pred = _predict_at(model, shape, extent, idx, batch)[0, ..., 0]
+        target = None if store is None else norm.targets(store.array[mid, ::step, ::step, 0])
+        made.append(plots.sdf_slice(pred, target, out_dir / "sdf_slice.png", index=mid))
+    return [str(p) for p in made]
