@@ -1,0 +1,268 @@
+"""Coordinate networks: SIREN (the default, DESIGN §4) and a Fourier-feature ReLU MLP.
+
+The SIREN follows Sitzmann et al. (2020) as INT uses it: ``depth - 1`` sine layers
+``sin(omega0 * (W x + b))`` and one plain linear output layer, with the paper's
+initialisation on *every* layer, weights and biases alike. DESIGN §8: leaving the last
+layer at PyTorch's default initialisation costs about 12 dB, so `Siren` never does.
+
+The forward pass is written for CPU speed: one ``torch.addmm`` per layer that folds the
+``omega0`` factor into the GEMM's ``alpha``/``beta`` (free in BLAS), followed by an
+in-place ``sin_`` whenever autograd does not need the pre-activation (no-grad scoring),
+and an out-of-place ``sin`` when it does (training).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from dataclasses import asdict, dataclass, fields
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ARCHS",
+    "ModelConfig",
+    "Siren",
+    "FourierMLP",
+    "build_model",
+    "count_params",
+    "predict",
+]
+
+ARCHS = ("siren", "fourier")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture of a coordinate network; everything needed to rebuild it.
+
+    Attributes
+    ----------
+    arch
+        ``"siren"`` (the paper's model) or ``"fourier"`` (random Fourier features + ReLU MLP).
+    in_dim, out_dim
+        Coordinate dimensions (grid axes) and output channels.
+    width
+        Hidden units per layer (the paper: 256; 512 for megapixel images).
+    depth
+        Total linear layers: ``depth - 1`` hidden (sine or ReLU) layers plus one linear output.
+        The paper's SIREN is 6 (5 sine + linear).
+    omega0
+        SIREN frequency factor (30 in the paper); unused by ``"fourier"``.
+    fourier_features, fourier_scale
+        Number of random frequencies and their standard deviation (``"fourier"`` only).
+    """
+
+    in_dim: int
+    out_dim: int
+    arch: str = "siren"
+    width: int = 256
+    depth: int = 6
+    omega0: float = 30.0
+    fourier_features: int = 256
+    fourier_scale: float = 10.0
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown model arch {self.arch!r} (expected one of {', '.join(ARCHS)})")
+        if self.in_dim < 1 or self.out_dim < 1 or self.width < 1:
+            raise ValueError(f"in_dim, out_dim and width must be >= 1 (got {self.in_dim}, {self.out_dim}, {self.width})")
+        if self.depth < 2:
+            raise ValueError(f"depth counts linear layers and must be >= 2 (got {self.depth})")
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able dict; inverse of `from_dict`."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """Build from a dict, rejecting unknown keys (a typo must not silently become a default)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown model config key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        return cls(**d)
+
+
+def _siren_bound(fan_in: int, omega0: float, first: bool) -> float:
+    # First layer: U(±1/d) keeps omega0 * W x spanning a few periods over [-1, 1]; later
+    # layers: U(±sqrt(6/d)/omega0) keeps pre-activations ~ unit-variance arcsine inputs.
+    return 1.0 / fan_in if first else math.sqrt(6.0 / fan_in) / omega0
+
+
+class Siren(nn.Module):
+    """SIREN: ``depth - 1`` sine layers and a linear output, paper initialisation throughout.
+
+    Parameters live in ``self.layers`` (an `nn.ModuleList` of `nn.Linear`), so state-dict
+    keys are ``layers.{i}.weight`` / ``layers.{i}.bias``.
+
+    Parameters
+    ----------
+    in_dim, out_dim, width, depth, omega0
+        See `ModelConfig`.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, *, width: int = 256, depth: int = 6, omega0: float = 30.0):
+        super().__init__()
+        self.omega0 = float(omega0)
+        dims = [in_dim] + [width] * (depth - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """The paper's initialisation, biases with the same bound as their layer's weights."""
+        for i, layer in enumerate(self.layers):
+            bound = _siren_bound(layer.in_features, self.omega0, first=(i == 0))
+            layer.weight.uniform_(-bound, bound)
+            layer.bias.uniform_(-bound, bound)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n, in_dim)`` coordinates -> ``(n, out_dim)`` outputs."""
+        w0 = self.omega0
+        h = x
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            if i == last:
+                return torch.addmm(layer.bias, h, layer.weight.t())
+            if i == 0 and h.dtype == torch.float32 and _autocast_on(h.device.type):
+                # Under bf16 autocast the first pre-activation (|omega0 (Wx+b)| up to ~45
+                # rad) would lose ~0.1 rad to bf16 rounding; K = in_dim makes fp32 free here.
+                with torch.autocast(h.device.type, enabled=False):
+                    h = torch.addmm(layer.bias, h, layer.weight.t(), beta=w0, alpha=w0)
+            else:
+                h = torch.addmm(layer.bias, h, layer.weight.t(), beta=w0, alpha=w0)
+            if torch.is_grad_enabled() and (h.requires_grad):
+                h = torch.sin(h)  # autograd needs the pre-activation for cos() in backward
+            else:
+                h = h.sin_()
+        raise AssertionError("unreachable")
+
+    def extra_repr(self) -> str:
+        return f"omega0={self.omega0}"
+
+
+class FourierMLP(nn.Module):
+    """Random Fourier features ``[sin 2πxB, cos 2πxB]`` followed by a ReLU MLP.
+
+    ``B ~ N(0, fourier_scale²)`` of shape ``(in_dim, fourier_features)`` is a persistent
+    buffer, so a state dict rebuilds the exact same network.
+
+    Parameters
+    ----------
+    in_dim, out_dim, width, depth, fourier_features, fourier_scale
+        See `ModelConfig`; ``depth`` counts the linear layers after the feature map.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int,
+        *,
+        width: int = 256,
+        depth: int = 6,
+        fourier_features: int = 256,
+        fourier_scale: float = 10.0,
+    ):
+        super().__init__()
+        self.register_buffer("B", torch.randn(in_dim, fourier_features) * float(fourier_scale))
+        dims = [2 * fourier_features] + [width] * (depth - 1) + [out_dim]
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(n, in_dim)`` coordinates -> ``(n, out_dim)`` outputs."""
+        proj = (2.0 * math.pi) * (x @ self.B.to(x.dtype))
+        h = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
+            h = layer(h)
+            if i < last:
+                h = torch.relu(h)
+        return h
+
+
+def build_model(cfg: ModelConfig) -> nn.Module:
+    """A freshly initialised network for ``cfg`` (on CPU, float32; seed with `torch.manual_seed`)."""
+    if cfg.arch == "siren":
+        return Siren(cfg.in_dim, cfg.out_dim, width=cfg.width, depth=cfg.depth, omega0=cfg.omega0)
+    if cfg.arch == "fourier":
+        return FourierMLP(
+            cfg.in_dim,
+            cfg.out_dim,
+            width=cfg.width,
+            depth=cfg.depth,
+            fourier_features=cfg.fourier_features,
+            fourier_scale=cfg.fourier_scale,
+        )
+    raise ValueError(f"unknown model arch {cfg.arch!r}")
+
+
+def count_params(model: nn.Module) -> int:
+    """Number of trainable scalars (buffers such as Fourier frequencies are not counted)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4 has no device argument
+        return torch.is_autocast_enabled() if device_type == "cuda" else torch.is_autocast_cpu_enabled()
+
+
+@functools.lru_cache(maxsize=None)
+def _bf16_autocast_ok(device_type: str) -> bool:
+    """Whether bf16 autocast really runs a matmul in bf16 on this device type."""
+    try:
+        with warnings.catch_warnings():
+            # Autocast warns and disables itself on devices without bf16; treat that as no.
+            warnings.simplefilter("error")
+            a = torch.ones(2, 2, device=device_type)
+            with torch.autocast(device_type, dtype=torch.bfloat16):
+                out = a @ a
+        return out.dtype == torch.bfloat16
+    except Exception:
+        return False
+
+
+def predict(
+    model: nn.Module,
+    coords: torch.Tensor,
+    *,
+    batch: int = 65536,
+    dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """No-grad forward over ``coords`` in batches.
+
+    Parameters
+    ----------
+    model
+        A coordinate network; its parameters' device is where the forward runs.
+    coords
+        ``(n, in_dim)`` coordinates (any device; moved batch by batch).
+    batch
+        Samples per forward (bounds the activation memory: ``batch * width * 4`` bytes per layer).
+    dtype
+        ``None`` for float32; ``torch.bfloat16`` runs under bf16 autocast (for error
+        scoring, ~2x faster on CPUs with AVX-512 BF16), falling back to float32 silently
+        where bf16 autocast is unsupported.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, out_dim)`` float32 predictions on the model's device.
+    """
+    param = next(iter(model.parameters()), None)
+    device = param.device if param is not None else coords.device
+    use_bf16 = dtype == torch.bfloat16 and _bf16_autocast_ok(device.type)
+    if dtype not in (None, torch.float32, torch.bfloat16):
+        raise ValueError(f"predict supports dtype None/float32/bfloat16, not {dtype}")
+    n = coords.shape[0]
+    outs = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+        # max(n, 1): an empty input still runs one (empty) forward, giving the right out_dim.
+        for start in range(0, max(n, 1), batch):
+            x = coords[start : start + batch].to(device=device, dtype=torch.float32, non_blocking=True)
+            outs.append(model(x).float())
+    return outs[0] if len(outs) == 1 else torch.cat(outs)

@@ -1,0 +1,173 @@
+"""The out-of-core round: per-chunk top-k + tree merge == global top-k (oracle: np.argsort)."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from intstream.chunkgraph import model_state, round_graph, round_topk
+from intstream.model import ModelConfig, build_model, predict
+from intstream.store import create_store, open_store
+from intstream.topk import chunk_error
+
+H, W, CH, CW = 37, 29, 8, 7  # 5 x 5 = 25 chunks, ragged on both axes
+CFG = ModelConfig(in_dim=2, out_dim=3, width=32, depth=3)
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cg") / "img.zarr"
+    rng = np.random.default_rng(0)
+    # Few distinct values: many exactly tied errors under the constant model below.
+    values = rng.choice(np.array([0, 51, 102, 255], np.uint8), size=(H, W, 3))
+    with create_store(out, kind="image", shape=(H, W), channels=3, dtype="uint8", chunks=(CH, CW)) as writer:
+        for sl in writer.blocks():
+            writer.write(sl, values[sl])
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model(CFG)
+
+
+def constant_state():
+    """All weights zero, output bias 0.5: predictions are exactly 0.5, errors exact and tied."""
+    m = build_model(CFG)
+    sd = {k: torch.zeros_like(v) for k, v in m.state_dict().items()}
+    sd["layers.2.bias"] = torch.full((3,), 0.5)
+    return sd
+
+
+def oracle_errors(store, model):
+    """Errors of the whole grid, each chunk's forward run separately (as the tasks do)."""
+    err = np.empty(store.n_samples, np.float32)
+    for sl in store.chunk_slices():
+        coords, targets = store.block_samples(sl)
+        pred = predict(model, torch.from_numpy(coords)).numpy()
+        err[store.block_flat_index(sl)] = chunk_error(pred, targets)
+    return err
+
+
+def check(cands, stats, err, targets, k):
+    want = np.argsort(-err, kind="stable")[:k]
+    np.testing.assert_array_equal(cands.index, want)
+    np.testing.assert_array_equal(cands.error, err[want])
+    np.testing.assert_array_equal(cands.target, targets[want])
+
+
+@pytest.mark.parametrize("split_every", [2, 3])
+def test_round_is_global_topk(store_path, model, split_every):
+    store = open_store(store_path)
+    err = oracle_errors(store, model)
+    _, targets = store.load_all()
+    # k smaller than a chunk (56 samples), larger than a chunk, and larger than the signal.
+    for k in (5, 200, store.n_samples + 1):
+        cands, stats = round_topk(store_path, store.chunk_slices(), CFG, model.state_dict(), k, split_every=split_every)
+        check(cands, stats, err, targets, k)
+    # Stats per chunk, in chunk order.
+    assert [s["chunk"] for s in stats] == list(range(25))
+    for s, sl in zip(stats, store.chunk_slices()):
+        e = err[store.block_flat_index(sl)]
+        assert s["n"] == e.size and s["max"] == e.max()
+        assert s["mean"] == pytest.approx(float(e.mean()), rel=1e-6)
+        assert s["start"] == [x.start for x in sl]
+    # The whole-image forward agrees (up to BLAS rounding) with the per-chunk forwards.
+    coords, _ = store.load_all()
+    whole = chunk_error(predict(model, torch.from_numpy(coords)).numpy(), targets)
+    np.testing.assert_allclose(whole, err, atol=1e-5)
+
+
+def test_ties_subset_of_chunks_and_threads(store_path):
+    store = open_store(store_path)
+    sd = constant_state()
+    chunks = store.chunk_slices()[::2]  # a round covers only some chunks
+    idx = np.concatenate([store.block_flat_index(sl) for sl in chunks])
+    _, targets = store.load_all()
+    err = np.full(store.n_samples, -1.0, np.float32)
+    err[idx] = np.abs(targets[idx] - 0.5).sum(axis=1)
+    assert len(np.unique(err[idx])) < 30  # heavily tied
+    graph = round_graph(store_path, chunks, CFG, sd, 100, split_every=2)
+    assert len(graph.dask) > len(chunks) + 5  # a real tree: leaves + several combine levels
+    for workers in (1, 2):
+        cands, stats = round_topk(store_path, chunks, CFG, sd, 100, split_every=2, num_workers=workers)
+        check(cands, stats, err, targets, 100)
+        assert set(cands.index) <= set(idx) and len(stats) == len(chunks)
+
+
+def test_chunk_quota_and_union(store_path, model):
+    store = open_store(store_path)
+    chunks = store.chunk_slices()
+    err = oracle_errors(store, model)
+    union, _ = round_topk(store_path, chunks, CFG, model.state_dict(), None, chunk_k=3, split_every=3)
+    want = np.concatenate([store.block_flat_index(sl)[np.argsort(-err[store.block_flat_index(sl)], kind="stable")[:3]] for sl in chunks])
+    assert sorted(union.index) == sorted(want) and union.size == 75
+    capped, _ = round_topk(store_path, chunks, CFG, model.state_dict(), 10, chunk_k=3, split_every=3)
+    np.testing.assert_array_equal(capped.index, union.index[:10])
+    with pytest.raises(ValueError):
+        round_graph(store_path, chunks, CFG, model.state_dict(), None)
+    with pytest.raises(ValueError):
+        round_graph(store_path, chunks, CFG, model.state_dict(), 5, split_every=1)
+
+
+def test_bf16_scoring_close(store_path, model):
+    store = open_store(store_path)
+    err = oracle_errors(store, model)
+    cands, stats = round_topk(store_path, store.chunk_slices(), CFG, model.state_dict(), 50, score_dtype="bfloat16")
+    np.testing.assert_allclose(cands.error, err[cands.index], atol=0.05)
+    # Nearly the same selection: the bf16 top-50 lies within the fp32 top-100.
+    assert len(set(cands.index) & set(np.argsort(-err, kind="stable")[:100])) >= 45
+
+
+def test_model_snapshot_token(model):
+    a = model_state(CFG, model.state_dict())
+    assert model_state(CFG, model.state_dict()).token == a.token
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    sd["layers.0.bias"][0] += 1
+    assert model_state(CFG, sd).token != a.token
+    # The snapshot is a copy: training on after the snapshot does not change it.
+    assert a.state["layers.0.bias"].data_ptr() != model.state_dict()["layers.0.bias"].data_ptr()
+
+
+def _models_built():
+    from intstream import chunkgraph
+
+    return len(chunkgraph._model_cache)
+
+
+def test_model_built_once_per_round(store_path, model, monkeypatch):
+    import intstream.chunkgraph as cg
+    import intstream.model as im
+
+    calls = []
+    real = im.build_model
+    monkeypatch.setattr(im, "build_model", lambda cfg: calls.append(cfg) or real(cfg))
+    cg._model_cache.clear()
+    store = open_store(store_path)
+    round_topk(store_path, store.chunk_slices(), CFG, model.state_dict(), 10, num_workers=2)
+    round_topk(store_path, store.chunk_slices(), CFG, model.state_dict(), 10)
+    assert len(calls) == 1
+
+
+def test_distributed_matches_threads(store_path, model):
+    distributed = pytest.importorskip("distributed")
+    store = open_store(store_path)
+    chunks = store.chunk_slices()
+    t0 = time.perf_counter()
+    local, local_stats = round_topk(store_path, chunks, CFG, model.state_dict(), 150, split_every=3)
+    with distributed.LocalCluster(
+        n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None, silence_logs=40
+    ) as cluster, distributed.Client(cluster) as client:
+        remote, remote_stats = round_topk(
+            store_path, chunks, CFG, model.state_dict(), 150, split_every=3, scheduler=client
+        )
+        # Each worker process built the model at most once for the 25 chunks.
+        built = client.run(_models_built)
+        assert len(built) == 2 and set(built.values()) <= {0, 1} and sum(built.values()) >= 1
+    np.testing.assert_array_equal(remote.index, local.index)
+    np.testing.assert_array_equal(remote.error, local.error)
+    np.testing.assert_array_equal(remote.target, local.target)
+    assert remote_stats == local_stats
+    assert time.perf_counter() - t0 < 30
