@@ -80,6 +80,7 @@ class FitConfig:
     interval_schedule: str | None = None
     random_share: float | None = None
     score_dtype: str | None = None
+    pool: float | None = None
     seed: int = 0
     device: str = "auto"
     time_budget: float | None = None
@@ -241,7 +242,7 @@ def fit(
     random.seed(cfg.seed)
     teacher_cfg = resolve_teacher(
         cfg.strategy, ratio=cfg.ratio, ratio_schedule=cfg.ratio_schedule, interval_schedule=cfg.interval_schedule,
-        random_share=cfg.random_share, score_dtype=cfg.score_dtype,
+        random_share=cfg.random_share, score_dtype=cfg.score_dtype, pool=cfg.pool,
     )
     model_cfg = ModelConfig(in_dim=store.ndim, out_dim=store.channels, arch=cfg.arch, width=cfg.width,
                             depth=cfg.depth, omega0=cfg.omega0)
@@ -312,6 +313,7 @@ def fit(
         })
 
     stop_reason, step, done = None, start, start
+    observe = getattr(teacher, "observe", None)
     last_ck = time.perf_counter()
     psnr = summary_psnr
     with open(log_path, "a") as log, _Stop() as stopper, Progress(T, "fit", enabled=progress) as bar:
@@ -320,8 +322,11 @@ def fit(
             t0 = time.perf_counter()
             x, y, info = teacher.batch(step, model)
             opt.zero_grad(set_to_none=True)
-            loss = torch.nn.functional.mse_loss(model(x), y)
+            out = model(x)
+            loss = torch.nn.functional.mse_loss(out, y)
             loss.backward()
+            if observe is not None:
+                observe(out)
             opt.step()
             sched.step()
             loss_value = float(loss.detach())  # syncs the device, so the timing below is honest

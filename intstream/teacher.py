@@ -50,6 +50,11 @@ class TeacherConfig:
         of by error (0 = the paper).
     score_dtype
         ``float32`` or ``bfloat16`` for the no-grad scoring forward.
+    pool
+        Fraction of the samples re-scored at each selection (1 = all, the paper). Below 1
+        the teacher keeps an error estimate per sample: a rotating pool is re-scored,
+        the training forward's errors refresh the selected samples for free, and the
+        top-k runs over those estimates.
     """
 
     strategy: str = "intstream"
@@ -58,6 +63,7 @@ class TeacherConfig:
     interval_schedule: str = "incremental"
     random_share: float = 0.0
     score_dtype: str = "float32"
+    pool: float = 1.0
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -66,6 +72,8 @@ class TeacherConfig:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if not 0.0 <= self.random_share <= 1.0:
             raise ValueError(f"random_share must be in [0, 1], got {self.random_share}")
+        if not 0.0 < self.pool <= 1.0:
+            raise ValueError(f"pool must be in (0, 1], got {self.pool}")
         if self.score_dtype not in ("float32", "bfloat16"):
             raise ValueError(f"score_dtype must be float32 or bfloat16, got {self.score_dtype!r}")
         parse_interval(self.interval_schedule)
@@ -125,6 +133,9 @@ class InCoreTeacher:
         self._select_at = set(selection_steps(cfg.interval_schedule, total_steps))
         self.index: torch.Tensor | None = None  # the current subset (None = all samples)
         self.score_dtype = torch.bfloat16 if cfg.score_dtype == "bfloat16" else None
+        # Error estimates (pool < 1 only): inf until first scored, so unseen samples go first.
+        self.cache = torch.full((self.n,), float("inf"), device=coords.device) if cfg.pool < 1 else None
+        self.cursor = 0  # where the rotating pool continues
 
     def k_at(self, step: int) -> int:
         ratio = ratio_at(self.cfg.ratio_schedule, step, self.total_steps, self.cfg.ratio)
@@ -156,7 +167,15 @@ class InCoreTeacher:
         n_random = round(self.cfg.random_share * k)
         n_top = k - n_random
         mse = None
-        if n_top > 0:
+        if n_top > 0 and self.cache is not None:
+            # Re-score the next slice of the rotating pool; the rest keeps its estimate.
+            m = max(1, math.ceil(self.cfg.pool * self.n))
+            idx = (torch.arange(self.cursor, self.cursor + m, device=self.coords.device) % self.n)
+            self.cursor = (self.cursor + m) % self.n
+            pred = predict(model, self.coords[idx], dtype=self.score_dtype)
+            self.cache[idx] = (pred - self.targets[idx]).abs_().sum(dim=1)
+            top = topk_indices(self.cache, n_top)
+        elif n_top > 0:
             pred = predict(model, self.coords, dtype=self.score_dtype)
             diff = pred - self.targets
             mse = float(diff.square().mean())
@@ -174,9 +193,18 @@ class InCoreTeacher:
         index = torch.cat([top, rest[pick].to(top.device)])
         return index, mse
 
+    def observe(self, pred: torch.Tensor) -> None:
+        """The training forward's predictions for the current batch: free error estimates."""
+        if self.cache is not None and self.index is not None:
+            self.cache[self.index] = (pred.detach() - self.targets[self.index]).abs().sum(dim=1)
+
     def state_dict(self) -> dict:
-        return {"index": None if self.index is None else self.index.cpu(), "generator": self.generator.get_state()}
+        return {"index": None if self.index is None else self.index.cpu(), "generator": self.generator.get_state(),
+                "cache": None if self.cache is None else self.cache.cpu(), "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
         self.index = None if state["index"] is None else state["index"].to(self.coords.device)
         self.generator.set_state(state["generator"])
+        if state.get("cache") is not None:
+            self.cache = state["cache"].to(self.coords.device)
+        self.cursor = int(state.get("cursor", 0))
