@@ -173,7 +173,12 @@ class FourierMLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(n, in_dim)`` coordinates -> ``(n, out_dim)`` outputs."""
-        proj = (2.0 * math.pi) * (x @ self.B.to(x.dtype))
+        if _autocast_on(x.device.type):
+            # |2π x B| reaches ~100 rad for scale 10: bf16 would scramble the phases.
+            with torch.autocast(x.device.type, enabled=False):
+                proj = (2.0 * math.pi) * (x.float() @ self.B.float())
+        else:
+            proj = (2.0 * math.pi) * (x @ self.B.to(x.dtype))
         h = torch.cat([torch.sin(proj), torch.cos(proj)], dim=-1)
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
@@ -253,11 +258,11 @@ def predict(
     torch.Tensor
         ``(n, out_dim)`` float32 predictions on the model's device.
     """
+    if dtype not in (None, torch.float32, torch.bfloat16):
+        raise ValueError(f"predict supports dtype None/float32/bfloat16, not {dtype}")
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else coords.device
     use_bf16 = dtype == torch.bfloat16 and _bf16_autocast_ok(device.type)
-    if dtype not in (None, torch.float32, torch.bfloat16):
-        raise ValueError(f"predict supports dtype None/float32/bfloat16, not {dtype}")
     n = coords.shape[0]
     outs = []
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):

@@ -112,3 +112,5 @@ def test_fourier_mlp():
     other.load_state_dict(model.state_dict())
     torch.testing.assert_close(other(x), model(x))
     assert count_params(model) == (32 * 32 + 32) + (32 * 32 + 32) + (32 * 3 + 3)
+    xs = torch.rand(5000, 2) * 2 - 1
+    assert (predict(model, xs, dtype=torch.bfloat16) - predict(model, xs)).abs().max() < 0.05
