@@ -27,7 +27,7 @@ import numpy as np
 
 from .atomic import atomic_output, check_output_path
 from .errors import InputError
-from .normalize import Normalisation, axis_coords, block_coords
+from .normalize import Normalisation, block_coords
 from .store import block_slices
 
 __all__ = [
@@ -39,6 +39,7 @@ __all__ = [
     "default_block",
     "sdf_slab",
     "sdf_geometry",
+    "world_transform",
     "open_writer",
     "decode",
 ]
@@ -121,18 +122,34 @@ def sdf_slab(shape: tuple[int, ...]) -> tuple[int, ...]:
 
 
 def sdf_geometry(signal: dict, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Per grid axis ``(origin, spacing)`` of the samples in the network's coordinates.
+    """Per grid axis ``(origin, spacing)`` of the samples, in normalised-box units.
 
-    Mesh vertices from marching cubes (in index units) map to ``origin + spacing * i``,
-    the same positions `block_coords` gives the network.
+    Mesh vertices from marching cubes (in index units) map to ``origin + spacing * i``.
+    The box is ``signal["sdf"]["bounds"]`` (``[lo, hi]`` for every axis, or per-axis
+    lists), the units the distances are stored in, so Chamfer distances and the mesh
+    agree with the SDF values. Without recorded bounds, the network's own coordinates
+    (``linspace(-extent, extent, n)``) are used.
     """
-    extent = Normalisation.from_dict(signal["normalisation"]).extent
-    origin, spacing = [], []
-    for n, e in zip(shape, extent):
-        c = axis_coords(n, e, 0, min(n, 2)).astype(np.float64)
-        origin.append(c[0])
-        spacing.append(c[1] - c[0] if n > 1 else 1.0)
-    return np.asarray(origin), np.asarray(spacing)
+    bounds = (signal.get("sdf") or {}).get("bounds")
+    ndim = len(shape)
+    if bounds is not None:
+        lo = np.broadcast_to(np.asarray(bounds[0], dtype=np.float64), (ndim,))
+        hi = np.broadcast_to(np.asarray(bounds[1], dtype=np.float64), (ndim,))
+    else:
+        extent = np.asarray(Normalisation.from_dict(signal["normalisation"]).extent, dtype=np.float64)
+        lo, hi = -extent, extent
+    n = np.asarray(shape, dtype=np.float64)
+    spacing = np.where(n > 1, (hi - lo) / np.maximum(n - 1, 1), 1.0)
+    return lo.copy(), spacing
+
+
+def world_transform(signal: dict):
+    """``box -> world`` for meshes ingested from a mesh file (``world = box / scale + center``), or None."""
+    t = (signal.get("sdf") or {}).get("transform")
+    if not t or "scale" not in t or "center" not in t:
+        return None
+    scale, center = float(t["scale"]), np.asarray(t["center"], dtype=np.float64)
+    return lambda v: v / scale + center
 
 
 def predict_blocks(
@@ -254,6 +271,7 @@ class _Mesh:
     def __init__(self, tmp: Path, fmt: str, shape, signal: dict):
         self.tmp, self.fmt, self.shape = tmp, fmt, tuple(shape)
         self.origin, self.spacing = sdf_geometry(signal, self.shape)
+        self.to_world = world_transform(signal)
         self.block = sdf_slab(self.shape)
 
     def consume(self, blocks):
@@ -263,6 +281,8 @@ class _Mesh:
         for slices, pred in blocks:
             mesher.add(slices[0].start, pred[..., 0])
         verts, faces = mesher.mesh()
+        if self.to_world is not None and len(verts):
+            verts = self.to_world(verts)  # back in the source mesh's frame, to overlay it
         mesh = trimesh.Trimesh(vertices=verts, faces=faces, process=False)
         # Vertices on slab boundaries are meshed twice; weld them for a clean surface.
         mesh.merge_vertices(digits_vertex=6)

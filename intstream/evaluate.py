@@ -164,7 +164,7 @@ class _Scorer:
             if self.meshers is not None:
                 (va, fa), (vb, fb) = self.meshers[0].mesh(), self.meshers[1].mesh()
                 out["chamfer"] = _num(chamfer_distance(va, fa, vb, fb))
-                out["chamfer_units"] = "network coordinates (the normalised box)"
+                out["chamfer_units"] = "normalised box"
         return out
 
 

@@ -267,7 +267,7 @@ def chamfer_distance(
     verts_b: np.ndarray,
     faces_b: np.ndarray,
     *,
-    n_points: int = 100_000,
+    n_points: int = 30_000,
     seed: int = 0,
 ) -> float:
     """Symmetric Chamfer distance between two triangle meshes.
@@ -294,6 +294,9 @@ def chamfer_distance(
         return np.asarray(pts)
 
     pa, pb = sample(verts_a, faces_a), sample(verts_b, faces_b)
-    d_ab, _ = cKDTree(pb).query(pa, workers=-1)
-    d_ba, _ = cKDTree(pa).query(pb, workers=-1)
+    # Nearly concentric surfaces (a poor fit inside its target) make k-d tree queries
+    # close to brute force: n_points bounds that worst case (~1 s at 30k on one core);
+    # bigger leaves prune better there and cost nothing for close surfaces.
+    d_ab, _ = cKDTree(pb, leafsize=64).query(pa)
+    d_ba, _ = cKDTree(pa, leafsize=64).query(pb)
     return float(d_ab.mean() + d_ba.mean())

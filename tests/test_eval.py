@@ -234,7 +234,7 @@ def sphere_store(path, n=28, r=0.55):
     z, y, x = np.meshgrid(c, c, c, indexing="ij")
     sdf = (np.sqrt(z**2 + y**2 + x**2) - r).astype(np.float32)
     with create_store(path, kind="sdf", shape=(n, n, n), channels=1, dtype="float32", chunks=(12, 12, 12),
-                      meta={"sdf": {"bounds": [[-1, -1, -1], [1, 1, 1]], "voxel_size": 2 / (n - 1)}}) as w:
+                      meta={"sdf": {"bounds": [-1.0, 1.0], "voxel_size": 2 / (n - 1)}}) as w:
         for s in w.blocks():
             w.write(s, sdf[s])
     return open_store(path)
@@ -261,7 +261,7 @@ def test_sdf_iou_chamfer_and_mesh(sdf, suffix):
     assert 0 < m["metrics"]["chamfer"] < 0.2
     mesh = trimesh.load(out, force="mesh")
     assert len(mesh.faces) > 100
-    # Vertices in network coordinates: the sphere of radius 0.55 in [-1, 1]^3.
+    # Vertices in box units (bounds [-1, 1] here): the sphere of radius 0.55.
     radii = np.linalg.norm(mesh.vertices, axis=1)
     assert abs(np.median(radii) - 0.55) < 0.1
 
@@ -296,3 +296,18 @@ def test_cli_modules_do_not_import_torch():
     for cmd in ("eval", "export-weights"):
         r = run_cli([cmd, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output
+
+
+def test_mesh_decode_returns_to_the_source_frame(sdf, tmp_path):
+    """A store ingested from a mesh records box -> world; the decoded mesh overlays the source."""
+    store = sdf["store"]
+    meta = {**store.meta["sdf"], "transform": {"center": [10.0, -2.0, 3.0], "scale": 4.0}}
+    w = load_weights(sdf["weights"])
+    w.signal = {**w.signal, "sdf": meta}
+    from intstream.decode import decode
+
+    out = tmp_path / "world.ply"
+    decode(w, out, device="cpu")
+    v = trimesh.load(out, force="mesh").vertices
+    assert np.allclose(v.mean(axis=0), [10.0, -2.0, 3.0], atol=0.05)
+    assert abs(np.median(np.linalg.norm(v - [10.0, -2.0, 3.0], axis=1)) - 0.55 / 4) < 0.03
