@@ -30,7 +30,10 @@ the exact winding number of the voxel is used instead.
 
 from __future__ import annotations
 
+import concurrent.futures
+import itertools
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -80,13 +83,19 @@ class MeshData:
         and the unit normal (3). Rows are contiguous so that gathers stream.
     verts
         ``(3, 3, F)`` float32: ``[vertex][axis]`` of every triangle (solid angles).
-    boundary
-        ``(F,)`` bool: the triangle touches a vertex on an open rim of the mesh.
+    rim_edges
+        ``(F, 3)`` bool: edges ``ab``, ``bc``, ``ca`` that no other face shares (the
+        rims of holes).
     """
 
     cols: np.ndarray
     verts: np.ndarray
-    boundary: np.ndarray
+    rim_edges: np.ndarray
+
+    @property
+    def boundary(self) -> np.ndarray:
+        """``(F,)`` bool: the triangle has an edge on a rim."""
+        return self.rim_edges.any(axis=1)
 
     @property
     def n_faces(self) -> int:
@@ -117,16 +126,15 @@ def prepare_mesh(vertices: np.ndarray, faces: np.ndarray) -> MeshData:
     cc = (ac * ac).sum(1)
     gram = aa * cc - bb * bb  # = |ab x ac|^2 > 0 for the faces kept
     cols = np.concatenate([a.T, ab.T, ac.T, aa[None], bb[None], cc[None], 1.0 / gram[None], (n / area2[:, None]).T])
-    # Boundary edges are used by exactly one face; their vertices mark the rims of holes.
-    edges = np.sort(np.concatenate([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]]), axis=1)
-    uniq, counts = np.unique(edges, axis=0, return_counts=True)
-    on_rim = np.zeros(len(v), dtype=bool)
-    on_rim[uniq[counts == 1].ravel()] = True
+    # Boundary edges (rims of holes) are used by exactly one face.
+    edges = np.sort(np.stack([f[:, [0, 1]], f[:, [1, 2]], f[:, [2, 0]]], axis=1).reshape(-1, 2), axis=1)
+    _, inverse, counts = np.unique(edges, axis=0, return_inverse=True, return_counts=True)
+    rim_edges = (counts[inverse.reshape(-1)] == 1).reshape(-1, 3)
     verts = np.stack([a.T, b.T, c.T])
     return MeshData(
         np.ascontiguousarray(cols, dtype=np.float32),
         np.ascontiguousarray(verts, dtype=np.float32),
-        on_rim[f].any(axis=1),
+        rim_edges,
     )
 
 
@@ -246,26 +254,28 @@ def winding_number(points: np.ndarray, mesh: MeshData) -> np.ndarray:
     pts = np.asarray(points, dtype=np.float32)
     out = np.empty(len(pts))
     step = max(1, GWN_CHUNK // max(mesh.n_faces, 1))
-    va, vb, vc = mesh.verts
+    (ax, ay, az), (bx, by, bz), (cx, cy, cz) = mesh.verts
     for s in range(0, len(pts), step):
-        p = pts[s : s + step, :, None]  # (k, 3, 1) against (3, F)
-        A = va[None] - p
-        B = vb[None] - p
-        C = vc[None] - p
-        la = np.sqrt(np.einsum("kif,kif->kf", A, A))
-        lb = np.sqrt(np.einsum("kif,kif->kf", B, B))
-        lc = np.sqrt(np.einsum("kif,kif->kf", C, C))
-        cross = np.cross(B, C, axis=1)
-        num = np.einsum("kif,kif->kf", A, cross)
+        p = pts[s : s + step]
+        px, py, pz = p[:, 0, None], p[:, 1, None], p[:, 2, None]
+        Ax, Ay, Az = ax - px, ay - py, az - pz  # (k, F) each
+        Bx, By, Bz = bx - px, by - py, bz - pz
+        Cx, Cy, Cz = cx - px, cy - py, cz - pz
+        la = np.sqrt(Ax * Ax + Ay * Ay + Az * Az)
+        lb = np.sqrt(Bx * Bx + By * By + Bz * Bz)
+        lc = np.sqrt(Cx * Cx + Cy * Cy + Cz * Cz)
+        num = Ax * (By * Cz - Bz * Cy) + Ay * (Bz * Cx - Bx * Cz) + Az * (Bx * Cy - By * Cx)
         den = la * lb * lc
-        den += np.einsum("kif,kif->kf", A, B) * lc
-        den += np.einsum("kif,kif->kf", B, C) * la
-        den += np.einsum("kif,kif->kf", C, A) * lb
+        den += (Ax * Bx + Ay * By + Az * Bz) * lc
+        den += (Bx * Cx + By * Cy + Bz * Cz) * la
+        den += (Cx * Ax + Cy * Ay + Cz * Az) * lb
         out[s : s + step] = np.arctan2(num, den).sum(1, dtype=np.float64) / (2 * math.pi)
     return out
 
 
-def sdf_block(mesh: MeshData, resolution: int, slices: tuple[slice, slice, slice]) -> np.ndarray:
+def sdf_block(
+    mesh: MeshData, resolution: int, slices: tuple[slice, slice, slice], *, threads: int | None = None
+) -> np.ndarray:
     """Signed distances of a block of the ``resolution``³ grid over [-0.5, 0.5]³ (negative inside).
 
     The block is covered by the global ``TILE``³ cells that meet it, processed one at a
@@ -280,6 +290,8 @@ def sdf_block(mesh: MeshData, resolution: int, slices: tuple[slice, slice, slice
         Voxels per grid axis (>= 2).
     slices
         Three slices with explicit ``start`` and ``stop`` inside the grid.
+    threads
+        Tiles computed at once (default: the CPUs this process may use).
 
     Returns
     -------
@@ -290,15 +302,35 @@ def sdf_block(mesh: MeshData, resolution: int, slices: tuple[slice, slice, slice
     want_hi = np.array([s.stop for s in slices], dtype=np.int64)
     out = np.empty(tuple(want_hi - want_lo), dtype=np.float32)
     starts = [range((lo // TILE) * TILE, hi, TILE) for lo, hi in zip(want_lo, want_hi)]
-    for tx in starts[0]:
-        for ty in starts[1]:
-            for tz in starts[2]:
-                t_lo = np.array([tx, ty, tz], dtype=np.int64)
-                o_lo = np.maximum(t_lo, want_lo)
-                o_hi = np.minimum(t_lo + TILE, want_hi)
-                dst = tuple(slice(a - b, c - b) for a, b, c in zip(o_lo, want_lo, o_hi))
-                out[dst] = _sdf_tile(mesh, R, t_lo, o_lo, o_hi)
+    jobs = []
+    for t_lo in itertools.product(*starts):
+        t_lo = np.array(t_lo, dtype=np.int64)
+        o_lo = np.maximum(t_lo, want_lo)
+        o_hi = np.minimum(t_lo + TILE, want_hi)
+        jobs.append((t_lo, o_lo, o_hi))
+
+    def run(job):
+        t_lo, o_lo, o_hi = job
+        dst = tuple(slice(a - b, c - b) for a, b, c in zip(o_lo, want_lo, o_hi))
+        out[dst] = _sdf_tile(mesh, R, t_lo, o_lo, o_hi)
+
+    workers = min(len(jobs), threads or _default_threads())
+    if workers <= 1:
+        for job in jobs:
+            run(job)
+    else:
+        # numpy releases the GIL in its loops, so tiles computed in threads use the cores.
+        with concurrent.futures.ThreadPoolExecutor(workers) as pool:
+            for _ in pool.map(run, jobs):
+                pass
     return out
+
+
+def _default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
 
 
 # The 8 children of a cell, as signs per axis; children are numbered child-major
@@ -337,6 +369,28 @@ def _exact(mesh: MeshData, centre: np.ndarray, cell: np.ndarray, tri: np.ndarray
     return dist, u
 
 
+def _child_lower_bounds(dist: np.ndarray, u: np.ndarray, step: np.float32) -> np.ndarray:
+    """``(8, pairs)`` half-space lower bounds ``dist + step * (s . u)`` for the 8 children.
+
+    ``u`` is only as good as the offset it came from, so each bound is relaxed by
+    ``|delta| * min(1, _DIR_TOL / dist)``. Rows follow `_SIGNS`; written as sums of
+    partial sums (a (8, 3) @ (3, n) matmul is several times slower).
+    """
+    slack = np.minimum(1.0, _DIR_TOL / np.maximum(dist, 1e-30))
+    slack *= np.float32(math.sqrt(3.0)) * step
+    base = dist - slack
+    sa, sb, sc = u[0] * step, u[1] * step, u[2] * step
+    plus, minus = sa + sb, sa - sb
+    out = np.empty((8, len(dist)), dtype=np.float32)
+    for row, (xy, sz) in enumerate(((-plus, -1), (-plus, 1), (-minus, -1), (-minus, 1), (minus, -1), (minus, 1), (plus, -1), (plus, 1))):
+        np.add(base, xy, out=out[row])
+        if sz > 0:
+            out[row] += sc
+        else:
+            out[row] -= sc
+    return out
+
+
 def _segment_starts(cell: np.ndarray, n: int) -> np.ndarray:
     counts = np.bincount(cell, minlength=n)
     if not counts.all():  # every cell keeps at least its nearest triangle
@@ -369,9 +423,9 @@ def _sdf_tile(mesh: MeshData, R: int, t_lo: np.ndarray, o_lo: np.ndarray, o_hi: 
         if size >= GWN_MIN_CELL:
             r = math.sqrt(3.0) * (size - 1) / 2.0 * h
             _far_signs(mesh, centre, r, d, sign, final=size == GWN_MIN_CELL)
-        is_best = dist == d[cell]
-        best = np.empty(n, dtype=np.int64)
-        best[cell[is_best]] = tri[is_best]
+        is_best = np.flatnonzero(dist == d[cell])
+        best = np.empty(n, dtype=np.int64)  # a pair achieving the cell's distance
+        best[cell[is_best]] = is_best
         # Children (k-major), kept where they meet the wanted box.
         size //= 2
         c_lo = lo[None] + _SIGNS[:, None, :].clip(0) * size  # (8, n, 3)
@@ -380,16 +434,20 @@ def _sdf_tile(mesh: MeshData, R: int, t_lo: np.ndarray, o_lo: np.ndarray, o_hi: 
         c_centre = _centres(c_lo, size, h)
         parent = np.broadcast_to(np.arange(n), (8, n))[valid]
         c_r = math.sqrt(3.0) * (size - 1) / 2.0 * h
-        upper, _ = _exact(mesh, c_centre, np.arange(len(c_lo)), best[parent])
+        # Upper bound of a child's distance: its distance to the point x of the parent's
+        # nearest triangle, |c - x + delta| (no triangle evaluated).
+        step = size / 2.0 * h  # child centre - parent centre = step * sign, per axis
+        k_of = np.broadcast_to(np.arange(8)[:, None], (8, n))[valid]
+        bp = best[parent]
+        bd = dist[bp].astype(np.float64)
+        along = np.einsum("ij,ji->j", np.take(u, bp, axis=1), _SIGNS[k_of] * step)
+        upper = np.sqrt(np.maximum(bd * bd + 2 * bd * along + 3 * step * step, 0)) + 4 * _EPS
         bound = np.full((8, n), -np.inf, dtype=np.float32)
         bound[valid] = upper + (2 * c_r + _EPS)
         # Half-space lower bounds of every pair for the 8 children at once; u is only as
         # good as the offset it came from, so the bound is relaxed near the surface.
-        step = size / 2.0 * h  # child centre - parent centre = step * sign, per axis
-        lower = u.T @ (_SIGNS.T * step).astype(np.float32)  # (pairs, 8)
-        slack = math.sqrt(3.0) * step * np.minimum(1.0, _DIR_TOL / np.maximum(dist, 1e-30))
-        lower += (dist - slack)[:, None]
-        k, j = np.nonzero((lower <= bound.T[cell]).T)
+        lower = _child_lower_bounds(dist, u, np.float32(step))
+        k, j = np.nonzero(lower <= np.take(bound, cell, axis=1))
         child = (np.cumsum(valid.ravel()) - 1)[k * n + cell[j]]
         cell, tri = child, tri[j]
         dist, u = _exact(mesh, c_centre, cell, tri)
@@ -433,11 +491,30 @@ def _near_signs(mesh: MeshData, points, d, cell, tri, dist, u, todo: np.ndarray)
     np.maximum.at(best_pos, pc, cos)
     np.maximum.at(best_neg, pc, -cos)
     sign = np.where(best_pos >= best_neg, 1, -1).astype(np.int8)
-    rim = np.zeros(n, dtype=bool)
-    rim[pc[mesh.boundary[pt]]] = True
-    # Nearest point on an edge or vertex of an open rim: the face side means nothing there.
-    exact = np.flatnonzero(want & rim & (np.maximum(best_pos, best_neg) < 0.999))
+    # Nearest point on a rim of the mesh: the face side means nothing there.
+    on_face = np.maximum(best_pos, best_neg) >= 0.999
+    rim = _on_rim(mesh, points, d, pc, pt)
+    exact = np.flatnonzero(want & rim & ~on_face)
     if exact.size:
         w = winding_number(points[:, exact].T, mesh)
         sign[exact] = np.where(w >= 0.5, -1, 1)
     return sign[todo]
+
+
+def _on_rim(mesh: MeshData, points, d, pc, pt) -> np.ndarray:
+    """Per point: some tied triangle has a rim edge as near as the surface (``(n,)`` bool)."""
+    rim = np.zeros(len(d), dtype=bool)
+    has = mesh.rim_edges[pt].any(axis=1)
+    pc, pt = pc[has], pt[has]
+    if not pc.size:
+        return rim
+    q = points[:, pc].astype(np.float64)
+    g = mesh.cols[:, pt].astype(np.float64)
+    a, ab, ac = g[_A : _A + 3], g[_AB : _AB + 3], g[_AC : _AC + 3]
+    near = np.zeros(len(pc), dtype=bool)
+    for e, (p0, seg) in enumerate([(a, ab), (a + ab, ac - ab), (a + ac, -ac)]):
+        t = np.clip(np.einsum("ij,ij->j", q - p0, seg) / np.einsum("ij,ij->j", seg, seg), 0, 1)
+        gap = np.linalg.norm(q - p0 - seg * t, axis=0)
+        near |= mesh.rim_edges[pt, e] & (gap <= d[pc] * (1 + 1e-5) + 4 * _EPS)
+    rim[pc[near]] = True
+    return rim
