@@ -1,31 +1,37 @@
 """Pure geometry kernels for signed-distance grids: point-triangle distance, winding number.
 
-These take arrays and return arrays (torch on the CPU, which spreads element-wise work over
-the cores where numpy would use one). `sdf_block` computes the signed distance of a
-rectangular block of grid voxels with exact distances and a generalised-winding-number
-sign; `intstream.readers.sdf` wires it to the reader interface.
+These take arrays and return arrays (numpy, float32). `sdf_block` computes the signed
+distance of a rectangular block of grid voxels, with exact distances and a
+generalised-winding-number sign; `intstream.readers.sdf` wires it to the reader interface.
 
 How `sdf_block` stays fast without a BVH
 ----------------------------------------
-Distances: a hierarchy of cubic cells aligned to a global grid of ``TILE`` voxels. A cell
-with centre ``c`` and half-diagonal ``r`` (over its voxel centres) keeps as candidates the
-triangles ``t`` with ``dist(c, t) <= d(c) + 2 r``, where ``d(c)`` is the exact distance
-of ``c`` to the surface. Any voxel ``q`` of the cell has ``d(q) <= d(c) + r`` and its nearest
-triangle lies within ``d(q)`` of ``q``, hence within ``d(c) + 2 r`` of ``c``: the
-candidates always contain the nearest triangle, so the distance of every voxel, computed
-against its finest cell's candidates, is exact (no approximation anywhere).
+Distances: a hierarchy of cubic cells, starting from a global grid of ``TILE``³ cells
+and halving down to single voxels. A cell with centre ``c`` and half-diagonal ``r`` keeps
+as candidates the triangles ``t`` with ``dist(c, t) <= d(c) + 2 r``, ``d(c)`` being the
+exact distance of ``c`` to the surface: any point ``q`` of the cell has
+``d(q) <= d(c) + r`` and its nearest triangle lies within ``d(q)`` of ``q``, so the
+candidates always contain it. Every voxel's distance is the minimum over its candidates:
+exact everywhere, near the surface and far from it.
 
-Sign: the generalised winding number ``w`` (Jacobson et al. 2013; inside iff ``w >= 0.5``),
-which is robust for open scans where ray parity is not. ``w`` is exact but costs one solid
-angle per triangle, so it is evaluated at cell centres only: a cell of at least
+What makes it cheap is testing that rule on bounds before evaluating a triangle for a
+child cell: each evaluated pair leaves the direction ``u`` from its closest point ``x``,
+and since the triangle is convex and lies behind the plane through ``x`` normal to
+``u``, ``dist(q, t) >= dist(c, t) + (q - c) . u`` for every point ``q``. Far from the
+surface this bound is nearly tight, so a voxel evaluates about 3 triangles instead of
+the tens that sit in a shell one voxel thick.
+
+Sign: the generalised winding number ``w`` (Jacobson et al. 2013; inside iff
+``w >= 0.5``), robust for open scans where ray parity is not. ``w`` costs one solid
+angle per triangle, so it is evaluated at cell centres: a cell of at least
 ``GWN_MIN_CELL`` voxels per side whose centre is farther than ``GWN_MARGIN * r`` from the
-surface holds no surface, so its voxels take the sign of ``w(c)`` (for a closed mesh ``w`` is
-constant there; for an open one it varies slowly away from the surface, and a cell whose
-``w(c)`` is close to 0.5 -- near a hole -- is split further). Voxels left near the surface
-take the sign from the nearest triangle (``n . (p - x)``, the face with the largest
-``|cos|`` among equally near ones, which is the pseudo-normal sign for edges); where the
-nearest point lies on the mesh's boundary (a hole's rim), the face sign means nothing and
-the exact winding number of the voxel is used instead.
+surface holds no surface, so its voxels take the sign of ``w(c)`` (for a closed mesh ``w``
+is constant there; for an open one it varies slowly away from the surface, and a cell
+whose ``w(c)`` is close to 0.5 -- near a hole -- is split further). Voxels left near the
+surface take the sign of the nearest triangle's side (``n . (p - x)``, the face with the
+largest ``|cos|`` among equally near ones, which is the pseudo-normal sign on an edge);
+where the nearest point lies on the mesh's boundary (a hole's rim), that side means
+nothing and the voxel's exact winding number decides.
 """
 
 from __future__ import annotations
@@ -348,24 +354,25 @@ def _centres(lo: np.ndarray, size: int, h: float) -> np.ndarray:
     return (-0.5 + (lo.T + (size - 1) / 2.0) * h).astype(np.float32)
 
 
-def _exact(mesh: MeshData, centre: np.ndarray, cell: np.ndarray, tri: np.ndarray):
+def _exact(mesh: MeshData, centre: np.ndarray, cell: np.ndarray, tri: np.ndarray, *, with_u: bool = True):
     """Exact distances of pairs (cell centre, triangle) and unit directions from the closest point.
 
     Returns ``dist (n,)`` and ``u (3, n)`` with ``u = (c - x) / |c - x|`` (0 where the
     distance is 0). ``u`` gives every pair a lower bound valid for *any* point ``q``:
     ``dist(q, t) >= dist(c, t) + (q - c) . u``, because the triangle is convex and lies
-    behind the plane through ``x`` normal to ``u``.
+    behind the plane through ``x`` normal to ``u``. ``u`` is None without ``with_u``.
     """
     n = len(cell)
     dist = np.empty(n, dtype=np.float32)
-    u = np.zeros((3, n), dtype=np.float32)
+    u = np.zeros((3, n), dtype=np.float32) if with_u else None
     cols = mesh.cols[:_EXACT_ROWS]
     for s in range(0, n, PAIR_CHUNK):
         sl = slice(s, s + PAIR_CHUNK)
         o = _closest(np.take(centre, cell[sl], axis=1), np.take(cols, tri[sl], axis=1))
         dd = np.sqrt(np.einsum("ij,ij->j", o, o))
         dist[sl] = dd
-        np.divide(o, dd, out=u[:, sl], where=dd > 0)
+        if with_u:
+            np.divide(o, dd, out=u[:, sl], where=dd > 0)
     return dist, u
 
 
@@ -440,7 +447,7 @@ def _sdf_tile(mesh: MeshData, R: int, t_lo: np.ndarray, o_lo: np.ndarray, o_hi: 
         k_of = np.broadcast_to(np.arange(8)[:, None], (8, n))[valid]
         bp = best[parent]
         bd = dist[bp].astype(np.float64)
-        along = np.einsum("ij,ji->j", np.take(u, bp, axis=1), _SIGNS[k_of] * step)
+        along = np.einsum("ij,ji->j", np.take(u, bp, axis=1), (_SIGNS[k_of] * step).astype(np.float32))
         upper = np.sqrt(np.maximum(bd * bd + 2 * bd * along + 3 * step * step, 0)) + 4 * _EPS
         bound = np.full((8, n), -np.inf, dtype=np.float32)
         bound[valid] = upper + (2 * c_r + _EPS)
@@ -450,12 +457,13 @@ def _sdf_tile(mesh: MeshData, R: int, t_lo: np.ndarray, o_lo: np.ndarray, o_hi: 
         k, j = np.nonzero(lower <= np.take(bound, cell, axis=1))
         child = (np.cumsum(valid.ravel()) - 1)[k * n + cell[j]]
         cell, tri = child, tri[j]
-        dist, u = _exact(mesh, c_centre, cell, tri)
+        # Voxels need no directions (the few near-surface signs recompute theirs).
+        dist, u = _exact(mesh, c_centre, cell, tri, with_u=size > 1)
         lo, centre, sign = c_lo, c_centre, np.broadcast_to(sign, (8, n))[valid]
     # The cells are now single voxels.
     todo = np.flatnonzero(sign == 0)
     if todo.size:
-        sign[todo] = _near_signs(mesh, centre, d, cell, tri, dist, u, todo)
+        sign[todo] = _near_signs(mesh, centre, d, cell, tri, dist, todo)
     out = np.empty(tuple(o_hi - o_lo), dtype=np.float32)
     out[tuple((lo - o_lo).T)] = d * sign
     return out
@@ -473,7 +481,7 @@ def _far_signs(mesh: MeshData, centre, r, d, sign, *, final: bool) -> None:
     sign[idx[sure]] = np.where(w[sure] >= 0.5, -1, 1)
 
 
-def _near_signs(mesh: MeshData, points, d, cell, tri, dist, u, todo: np.ndarray) -> np.ndarray:
+def _near_signs(mesh: MeshData, points, d, cell, tri, dist, todo: np.ndarray) -> np.ndarray:
     """Signs of voxels near the surface: the nearest face's side, or the winding number at rims.
 
     Among the triangles at (nearly) the minimum distance, the one whose normal is most
@@ -485,7 +493,8 @@ def _near_signs(mesh: MeshData, points, d, cell, tri, dist, u, todo: np.ndarray)
     want[todo] = True
     tied = want[cell] & (dist <= d[cell] * (1 + 1e-5) + _EPS)
     pc, pt = cell[tied], tri[tied]
-    cos = np.einsum("ij,ij->j", u[:, tied], np.take(mesh.cols[_N : _N + 3], pt, axis=1))
+    _, u = _exact(mesh, points, pc, pt)
+    cos = np.einsum("ij,ij->j", u, np.take(mesh.cols[_N : _N + 3], pt, axis=1))
     best_pos = np.full(n, -2.0, dtype=np.float32)
     best_neg = np.full(n, -2.0, dtype=np.float32)
     np.maximum.at(best_pos, pc, cos)

@@ -17,7 +17,6 @@ World coordinates of the mesh come back as ``world = box / scale + center`` with
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
