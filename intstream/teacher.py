@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, fields, replace
 import torch
 
 from .model import predict
-from .schedules import interval_at, parse_interval, ratio_at, selection_steps
+from .schedules import interval_at, parse_interval, ratio_at, select_count, selection_steps
 from .topk import topk_indices
 
 __all__ = ["TeacherConfig", "STRATEGIES", "STRATEGY_PRESETS", "resolve_teacher", "InCoreTeacher"]
@@ -138,8 +138,7 @@ class InCoreTeacher:
         self.cursor = 0  # where the rotating pool continues
 
     def k_at(self, step: int) -> int:
-        ratio = ratio_at(self.cfg.ratio_schedule, step, self.total_steps, self.cfg.ratio)
-        return max(1, min(self.n, math.floor(ratio * self.n)))
+        return select_count(ratio_at(self.cfg.ratio_schedule, step, self.total_steps, self.cfg.ratio), self.n)
 
     def batch(self, step: int, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The ``(x, y)`` to train on at ``step`` and what was decided.
