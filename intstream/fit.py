@@ -129,7 +129,9 @@ def _setup_torch(device) -> None:
     import torch
 
     if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
+        # All cores this process may use (batch schedulers pin jobs), unless the user said.
+        if not os.environ.get("OMP_NUM_THREADS"):
+            torch.set_num_threads(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     else:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
