@@ -41,7 +41,8 @@ class FitConfig:
     Attributes
     ----------
     steps, lr
-        T and the initial Adam learning rate (cosine decay to ``lr_min`` over T).
+        T and the initial Adam learning rate (cosine decay to ``lr_min`` over T). The
+        default T is the kind's (the paper's) times the strategy's ``STEPS_FACTOR``.
     arch, width, depth, omega0
         The coordinate network (SIREN 6 x 256, omega0 30 by default).
     strategy, ratio, ratio_schedule, interval_schedule, random_share, score_dtype
@@ -81,6 +82,7 @@ class FitConfig:
     random_share: float | None = None
     score_dtype: str | None = None
     pool: float | None = None
+    weighting: str | None = None
     seed: int = 0
     device: str = "auto"
     time_budget: float | None = None
@@ -106,8 +108,11 @@ class FitConfig:
 
 def resolve_config(cfg: FitConfig, kind: str) -> FitConfig:
     """Fill the kind's defaults (steps, lr) into ``cfg``."""
+    from .teacher import STEPS_FACTOR
+
     d = KIND_DEFAULTS[kind]
-    return replace(cfg, steps=cfg.steps or d["steps"], lr=cfg.lr or d["lr"])
+    steps = cfg.steps or round(d["steps"] * STEPS_FACTOR.get(cfg.strategy, 1.0))
+    return replace(cfg, steps=steps, lr=cfg.lr or d["lr"])
 
 
 def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
@@ -245,6 +250,7 @@ def fit(
     teacher_cfg = resolve_teacher(
         cfg.strategy, ratio=cfg.ratio, ratio_schedule=cfg.ratio_schedule, interval_schedule=cfg.interval_schedule,
         random_share=cfg.random_share, score_dtype=cfg.score_dtype, pool=cfg.pool,
+        weighting=cfg.weighting,
     )
     model_cfg = ModelConfig(in_dim=store.ndim, out_dim=store.channels, arch=cfg.arch, width=cfg.width,
                             depth=cfg.depth, omega0=cfg.omega0)
@@ -325,7 +331,10 @@ def fit(
             x, y, info = teacher.batch(step, model)
             opt.zero_grad(set_to_none=True)
             out = model(x)
-            loss = torch.nn.functional.mse_loss(out, y)
+            if info.get("weight") is None:
+                loss = torch.nn.functional.mse_loss(out, y)
+            else:  # importance-weighted: an unbiased estimate of the full-signal MSE
+                loss = (info["weight"][:, None] * (out - y).square()).mean()
             loss.backward()
             if observe is not None:
                 observe(out)

@@ -26,7 +26,7 @@ from .model import predict
 from .schedules import interval_at, parse_interval, ratio_at, select_count, selection_steps
 from .topk import topk_indices
 
-__all__ = ["TeacherConfig", "STRATEGIES", "STRATEGY_PRESETS", "resolve_teacher", "InCoreTeacher"]
+__all__ = ["TeacherConfig", "STRATEGIES", "STRATEGY_PRESETS", "STEPS_FACTOR", "resolve_teacher", "InCoreTeacher"]
 
 STRATEGIES = ("intstream", "int", "full", "random")
 
@@ -55,6 +55,12 @@ class TeacherConfig:
         the teacher keeps an error estimate per sample: a rotating pool is re-scored,
         the training forward's errors refresh the selected samples for free, and the
         top-k runs over those estimates.
+    weighting
+        ``none``: train on the top-k (plus the random share) with equal weights, as the
+        paper. ``importance``: draw the k samples with probability proportional to their
+        error, mixed with a uniform share of ``random_share``, and weight each by
+        ``1 / (N p)``, so every step's loss is an unbiased estimate of the full-signal
+        MSE (stale error estimates then cost efficiency, never bias).
     """
 
     strategy: str = "intstream"
@@ -64,6 +70,7 @@ class TeacherConfig:
     random_share: float = 0.0
     score_dtype: str = "float32"
     pool: float = 1.0
+    weighting: str = "none"
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -72,6 +79,8 @@ class TeacherConfig:
             raise ValueError(f"ratio must be in (0, 1], got {self.ratio}")
         if not 0.0 <= self.random_share <= 1.0:
             raise ValueError(f"random_share must be in [0, 1], got {self.random_share}")
+        if self.weighting not in ("none", "importance"):
+            raise ValueError(f"weighting must be none or importance, got {self.weighting!r}")
         if not 0.0 < self.pool <= 1.0:
             raise ValueError(f"pool must be in (0, 1], got {self.pool}")
         if self.score_dtype not in ("float32", "bfloat16"):
@@ -90,6 +99,11 @@ STRATEGY_PRESETS = {
     "full": {"interval_schedule": "dense", "ratio": 1.0, "ratio_schedule": "constant", "random_share": 0.0},
     "random": {"interval_schedule": "incremental", "random_share": 1.0, "ratio_schedule": "step"},
 }
+
+
+# Steps per "standard T" when --steps is not given: intstream's steps are cheaper, and
+# reaching full batch's final quality takes more of them (benchmarks/bench_teachers.py).
+STEPS_FACTOR = {"intstream": 2.0}
 
 
 def resolve_teacher(strategy: str = "intstream", **overrides) -> TeacherConfig:
@@ -132,6 +146,7 @@ class InCoreTeacher:
         self.generator = generator
         self._select_at = set(selection_steps(cfg.interval_schedule, total_steps))
         self.index: torch.Tensor | None = None  # the current subset (None = all samples)
+        self.weight: torch.Tensor | None = None  # per-sample loss weights of the subset (importance)
         self.score_dtype = torch.bfloat16 if cfg.score_dtype == "bfloat16" else None
         # Error estimates (pool < 1 only): inf until first scored, so unseen samples go first.
         self.cache = torch.full((self.n,), float("inf"), device=coords.device) if cfg.pool < 1 else None
@@ -148,7 +163,7 @@ class InCoreTeacher:
         for free, else None).
         """
         info = {"ratio": None, "interval": interval_at(self.cfg.interval_schedule, step, self.total_steps),
-                "selected": False, "mse_all": None}
+                "selected": False, "mse_all": None, "weight": None}
         k = self.k_at(step)
         info["ratio"] = k / self.n
         if k >= self.n and self.cfg.strategy in ("full",):
@@ -158,27 +173,48 @@ class InCoreTeacher:
             self.index, info["mse_all"] = self._select(model, k)
         if self.index is None:
             return self.coords, self.targets, info
+        info["weight"] = self.weight
         return self.coords[self.index], self.targets[self.index], info
 
+    def _errors(self, model) -> tuple[torch.Tensor, float | None]:
+        """Per-sample error scores: fresh over all samples, or the estimates (pool < 1)."""
+        if self.cache is not None:
+            # Re-score the next slice of the rotating pool; the rest keeps its estimate.
+            m = max(1, math.ceil(self.cfg.pool * self.n))
+            idx = torch.arange(self.cursor, self.cursor + m, device=self.coords.device) % self.n
+            self.cursor = (self.cursor + m) % self.n
+            pred = predict(model, self.coords[idx], dtype=self.score_dtype)
+            self.cache[idx] = (pred - self.targets[idx]).abs_().sum(dim=1)
+            return self.cache, None
+        pred = predict(model, self.coords, dtype=self.score_dtype)
+        diff = pred - self.targets
+        mse = float(diff.square().mean())
+        return diff.abs_().sum(dim=1), mse
+
+    def _sample(self, model, k: int) -> tuple[torch.Tensor, float | None]:
+        """Importance sampling: k draws with p = (1 - a) e / sum(e) + a / N, weights 1 / (N p)."""
+        error, mse = self._errors(model)
+        e = torch.nan_to_num(error.float(), nan=0.0, posinf=0.0)
+        if not torch.isfinite(error).all():  # never-scored samples (cache) count as the largest error
+            e = torch.where(torch.isfinite(error), e, e.max().clamp_min(1e-12))
+        total = float(e.sum())
+        a = self.cfg.random_share if total > 0 else 1.0
+        p = (1.0 - a) * (e / max(total, 1e-30)) + a / self.n
+        index = torch.multinomial(p.cpu(), k, replacement=True, generator=self.generator).to(self.coords.device)
+        self.weight = 1.0 / (self.n * p[index])
+        return index, mse
+
     def _select(self, model, k: int) -> tuple[torch.Tensor | None, float | None]:
+        if self.cfg.weighting == "importance" and k < self.n:
+            return self._sample(model, k)
+        self.weight = None
         if k >= self.n:
             return None, None
         n_random = round(self.cfg.random_share * k)
         n_top = k - n_random
         mse = None
-        if n_top > 0 and self.cache is not None:
-            # Re-score the next slice of the rotating pool; the rest keeps its estimate.
-            m = max(1, math.ceil(self.cfg.pool * self.n))
-            idx = (torch.arange(self.cursor, self.cursor + m, device=self.coords.device) % self.n)
-            self.cursor = (self.cursor + m) % self.n
-            pred = predict(model, self.coords[idx], dtype=self.score_dtype)
-            self.cache[idx] = (pred - self.targets[idx]).abs_().sum(dim=1)
-            top = topk_indices(self.cache, n_top)
-        elif n_top > 0:
-            pred = predict(model, self.coords, dtype=self.score_dtype)
-            diff = pred - self.targets
-            mse = float(diff.square().mean())
-            error = diff.abs_().sum(dim=1)
+        if n_top > 0:
+            error, mse = self._errors(model)
             top = topk_indices(error, n_top)
         else:
             top = torch.empty(0, dtype=torch.long, device=self.coords.device)
@@ -199,11 +235,13 @@ class InCoreTeacher:
 
     def state_dict(self) -> dict:
         return {"index": None if self.index is None else self.index.cpu(), "generator": self.generator.get_state(),
+                "weight": None if self.weight is None else self.weight.cpu(),
                 "cache": None if self.cache is None else self.cache.cpu(), "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
         self.index = None if state["index"] is None else state["index"].to(self.coords.device)
         self.generator.set_state(state["generator"])
+        self.weight = None if state.get("weight") is None else state["weight"].to(self.coords.device)
         if state.get("cache") is not None:
             self.cache = state["cache"].to(self.coords.device)
         self.cursor = int(state.get("cursor", 0))
