@@ -113,8 +113,13 @@ def parse_method(spec: str) -> tuple[str, dict]:
     label, _, rest = spec.partition("=")
     parts = rest.split(":")
     opts = {"strategy": parts[0]}
+    prev = None
     for p in parts[1:]:
+        if "=" not in p and prev is not None:  # "interval_schedule=fixed:2" was split at its colon
+            opts[prev] = f"{opts[prev]}:{p}"
+            continue
         k, _, v = p.partition("=")
+        prev = k
         for cast in (int, float):
             try:
                 v = cast(v)

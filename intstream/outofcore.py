@@ -126,8 +126,11 @@ class OutOfCoreTeacher:
         slices = [self.slices[i] for i in chunk_ids]
         n = sum(math.prod(s.stop - s.start for s in sl) for sl in slices)
         k = max(1, math.floor(k_ratio * n))
+        # Local threads score on the training device (the GPU when there is one);
+        # distributed workers score on their own CPUs, next to the data.
+        device = "cpu" if self._client is not None else str(self.device)
         return round_topk(self.store.path, slices, None, snapshot, k, score_dtype=self.score_dtype,
-                          scheduler=self._client, device="cpu")
+                          scheduler=self._client, device=device)
 
     def _start_round(self, step: int, model) -> None:
         ratio = ratio_at(self.cfg.ratio_schedule, step, self.total_steps, self.cfg.ratio)

@@ -8,9 +8,12 @@ of its interval schedule, picks the subset the next steps train on:
 ``int``     the paper: an error map over all samples with the current weights (no grad,
             L1 summed over channels), then the top-k; the subset is reused until the
             next selection;
-``intstream`` intstream's default: INT's top-k mixed with a random share and
-            reselected more often, scored in bf16 where that is faster (see
-            `STRATEGY_PRESETS`, chosen by benchmarks/bench_teachers.py).
+``intstream`` intstream's default: samples drawn by importance (probability ~ current
+            error, mixed with a uniform share) and weighted by 1/(N p), so the loss
+            stays an unbiased estimate of the full MSE; errors are estimated from a
+            rotating bf16-scored pool plus the training forward, reselected every 2
+            steps, and it runs 2x the standard T (`STEPS_FACTOR`). Chosen by
+            benchmarks/bench_teachers.py (see BENCHMARKS.md).
 
 The in-core teacher is exactly the paper's algorithm when ``random_share = 0``.
 """
@@ -94,7 +97,10 @@ class TeacherConfig:
 
 # intstream's own teacher, as measured in benchmarks/bench_teachers.py (see BENCHMARKS.md).
 STRATEGY_PRESETS = {
-    "intstream": {"interval_schedule": "dense", "random_share": 0.5, "ratio_schedule": "step", "score_dtype": "bfloat16"},
+    # Importance-weighted draws (p ~ error, half uniform) of 20% of the samples, redrawn
+    # every 2 steps from error estimates of which a rotating quarter is re-scored in bf16.
+    "intstream": {"weighting": "importance", "ratio": 0.2, "ratio_schedule": "constant", "random_share": 0.5,
+                  "pool": 0.25, "interval_schedule": "fixed:2", "score_dtype": "bfloat16"},
     "int": {"interval_schedule": "incremental", "random_share": 0.0, "ratio_schedule": "step", "score_dtype": "float32"},
     "full": {"interval_schedule": "dense", "ratio": 1.0, "ratio_schedule": "constant", "random_share": 0.0},
     "random": {"interval_schedule": "incremental", "random_share": 1.0, "ratio_schedule": "step"},
