@@ -168,8 +168,13 @@ def compare_methods(
     from intstream.evaluate import evaluate
     from intstream.fit import FitConfig, fit
 
+    from intstream.teacher import STEPS_FACTOR
+
     done = {}
     for label, opts in methods:
+        if "steps" not in opts and opts.get("strategy") in STEPS_FACTOR and base.get("steps"):
+            # A strategy with its own default T runs that many times the standard T.
+            opts = {**opts, "steps": round(base["steps"] * STEPS_FACTOR[opts["strategy"]])}
         cfg = FitConfig(**{"checkpoint_every": 1e9, "device": device, **base, **opts})
         run_dir = Path(work) / f"{signal}_{label}"
         m = fit(store, run_dir, cfg, overwrite=True, progress=False)

@@ -33,7 +33,7 @@ from _common import (  # noqa: E402
 
 from intstream.ingest import ingest  # noqa: E402
 
-# `intstream` without a steps override runs its default T: STEPS_FACTOR x the standard T.
+# `intstream` without a steps override runs STEPS_FACTOR x the standard T (see compare_methods).
 DEFAULT_METHODS = ["full=full", "random=random", "int=int", "intstream=intstream"]
 
 
@@ -45,12 +45,7 @@ def prepare(image: Path, size: tuple[int, int], work: Path) -> str:
 
 
 def run(args) -> list[dict]:
-    from intstream.teacher import STEPS_FACTOR
-
     methods = [parse_method(m) for m in (args.method or DEFAULT_METHODS)]
-    for _, opts in methods:
-        if "steps" not in opts and opts["strategy"] in STEPS_FACTOR:
-            opts["steps"] = round(args.steps * STEPS_FACTOR[opts["strategy"]])
     base = {"steps": args.steps, "width": args.width, "depth": args.depth, "log_every": args.log_every, "seed": args.seed}
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
