@@ -15,6 +15,10 @@ Each round the teacher
 
 Memory is bounded by the round (candidates + one chunk per scoring thread), set from the
 memory budget, never by the signal.
+
+Within a round the selection is the paper's rule (top-k of the round, plus the teacher's
+random share); the in-core teacher's importance weighting and scoring pool do not apply
+here yet: a chunk task would have to draw its samples by error itself.
 """
 
 from __future__ import annotations
