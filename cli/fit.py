@@ -40,6 +40,7 @@ def _parse_size(ctx, param, value):
 @click.option("--width", type=click.IntRange(1), default=256, show_default=True, help="Hidden units per layer.")
 @click.option("--depth", type=click.IntRange(2), default=6, show_default=True, help="Linear layers (5 sine + 1 linear).")
 @click.option("--omega", "omega0", type=float, default=30.0, show_default=True, help="SIREN omega_0.")
+@click.option("--first-omega", "first_omega0", type=float, help="First layer's omega_0 if different (e.g. 3000 for audio).")
 @click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate (default: 1e-3 images, 1e-4 audio/SDF).")
 @options.seed
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), help="Stop after this many training seconds.")

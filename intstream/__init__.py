@@ -1,5 +1,7 @@
 """intstream: huge signals -> implicit neural representations, trained with INT, out of core."""
 
+from pathlib import Path as _Path
+
 from .errors import InputError
 from .normalize import Normalisation
 from .store import SignalStore, create_store, open_store
@@ -12,3 +14,9 @@ def ingest(*args, **kwargs):
     from .ingest import ingest as _ingest
 
     return _ingest(*args, **kwargs)
+
+
+# In a source checkout the click commands live in ../cli (installed as intstream.cli), so
+# `python -m intstream.cli` run from the checkout would otherwise not find them.
+if not (_Path(__file__).parent / "cli").exists() and (_Path(__file__).resolve().parent.parent / "cli" / "__init__.py").is_file():
+    __path__.append(str(_Path(__file__).resolve().parent.parent))

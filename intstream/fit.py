@@ -43,8 +43,9 @@ class FitConfig:
     steps, lr
         T and the initial Adam learning rate (cosine decay to ``lr_min`` over T). The
         default T is the kind's (the paper's) times the strategy's ``STEPS_FACTOR``.
-    arch, width, depth, omega0
-        The coordinate network (SIREN 6 x 256, omega0 30 by default).
+    arch, width, depth, omega0, first_omega0
+        The coordinate network (SIREN 6 x 256, omega0 30 by default; ``first_omega0``
+        overrides the first layer's factor).
     strategy, ratio, ratio_schedule, interval_schedule, random_share, score_dtype
         The teacher (see `intstream.teacher`); ``None`` takes the strategy's preset.
     seed
@@ -75,6 +76,7 @@ class FitConfig:
     width: int = 256
     depth: int = 6
     omega0: float = 30.0
+    first_omega0: float | None = None
     strategy: str = "intstream"
     ratio: float | None = None
     ratio_schedule: str | None = None
@@ -253,7 +255,7 @@ def fit(
         weighting=cfg.weighting,
     )
     model_cfg = ModelConfig(in_dim=store.ndim, out_dim=store.channels, arch=cfg.arch, width=cfg.width,
-                            depth=cfg.depth, omega0=cfg.omega0)
+                            depth=cfg.depth, omega0=cfg.omega0, first_omega0=cfg.first_omega0)
     model = build_model(model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr_min)

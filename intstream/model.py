@@ -51,6 +51,9 @@ class ModelConfig:
         The paper's SIREN is 6 (5 sine + linear).
     omega0
         SIREN frequency factor (30 in the paper); unused by ``"fourier"``.
+    first_omega0
+        The first layer's frequency factor, when it differs from ``omega0`` (SIREN's audio
+        setting uses 3000 on the first layer only); None = ``omega0``.
     fourier_features, fourier_scale
         Number of random frequencies and their standard deviation (``"fourier"`` only).
     """
@@ -61,6 +64,7 @@ class ModelConfig:
     width: int = 256
     depth: int = 6
     omega0: float = 30.0
+    first_omega0: float | None = None
     fourier_features: int = 256
     fourier_scale: float = 10.0
 
@@ -104,9 +108,11 @@ class Siren(nn.Module):
         See `ModelConfig`.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, *, width: int = 256, depth: int = 6, omega0: float = 30.0):
+    def __init__(self, in_dim: int, out_dim: int, *, width: int = 256, depth: int = 6, omega0: float = 30.0,
+                 first_omega0: float | None = None):
         super().__init__()
         self.omega0 = float(omega0)
+        self.first_omega0 = float(omega0 if first_omega0 is None else first_omega0)
         dims = [in_dim] + [width] * (depth - 1) + [out_dim]
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.reset_parameters()
@@ -121,10 +127,10 @@ class Siren(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(n, in_dim)`` coordinates -> ``(n, out_dim)`` outputs."""
-        w0 = self.omega0
         h = x
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
+            w0 = self.first_omega0 if i == 0 else self.omega0
             if i == last:
                 return torch.addmm(layer.bias, h, layer.weight.t())
             if i == 0 and h.dtype == torch.float32 and _autocast_on(h.device.type):
@@ -141,7 +147,7 @@ class Siren(nn.Module):
         raise AssertionError("unreachable")
 
     def extra_repr(self) -> str:
-        return f"omega0={self.omega0}"
+        return f"omega0={self.omega0}, first_omega0={self.first_omega0}"
 
 
 class FourierMLP(nn.Module):
@@ -191,7 +197,8 @@ class FourierMLP(nn.Module):
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A freshly initialised network for ``cfg`` (on CPU, float32; seed with `torch.manual_seed`)."""
     if cfg.arch == "siren":
-        return Siren(cfg.in_dim, cfg.out_dim, width=cfg.width, depth=cfg.depth, omega0=cfg.omega0)
+        return Siren(cfg.in_dim, cfg.out_dim, width=cfg.width, depth=cfg.depth, omega0=cfg.omega0,
+                     first_omega0=cfg.first_omega0)
     if cfg.arch == "fourier":
         return FourierMLP(
             cfg.in_dim,

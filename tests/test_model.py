@@ -114,3 +114,23 @@ def test_fourier_mlp():
     assert count_params(model) == (32 * 32 + 32) + (32 * 32 + 32) + (32 * 3 + 3)
     xs = torch.rand(5000, 2) * 2 - 1
     assert (predict(model, xs, dtype=torch.bfloat16) - predict(model, xs)).abs().max() < 0.05
+
+
+def test_first_omega0_scales_only_the_first_layer():
+    """``first_omega0`` (SIREN's audio setting) multiplies the first layer's pre-activation only."""
+    import torch
+
+    from intstream.model import ModelConfig, build_model
+
+    cfg = ModelConfig(in_dim=1, out_dim=1, width=8, depth=3, first_omega0=3000.0)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    torch.manual_seed(0)
+    a = build_model(cfg)
+    torch.manual_seed(0)
+    b = build_model(ModelConfig(in_dim=1, out_dim=1, width=8, depth=3))
+    x = torch.linspace(-1, 1, 5)[:, None]
+    with torch.no_grad():
+        first_a = torch.sin(3000.0 * a.layers[0](x))
+        first_b = torch.sin(30.0 * b.layers[0](x))
+        assert torch.allclose(a(x), a.layers[2](torch.sin(30.0 * a.layers[1](first_a))), atol=1e-5)
+        assert torch.allclose(b(x), b.layers[2](torch.sin(30.0 * b.layers[1](first_b))), atol=1e-5)
