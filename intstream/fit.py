@@ -12,13 +12,13 @@ import math
 import os
 import random
 import signal
-import sys
 import time
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from .config import check_keys
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, load_checkpoint, save_checkpoint
 from .errors import InputError
 from .store import SignalStore, open_store
@@ -98,10 +98,7 @@ class FitConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "FitConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown fit option(s): {', '.join(unknown)}")
+        check_keys(cls, d, "fit option(s)")
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -371,8 +368,10 @@ def fit(
             if stop_reason:
                 break
         else:
+            # A finished loop logged the final weights at its last step; a resumed
+            # finished run (no steps left) measures them here.
             done = T
-            if psnr is None or step + 1 != T:
+            if start >= T:
                 psnr = current_psnr()
             checkpoint(done, psnr)
     close = getattr(teacher, "close", None)
@@ -385,7 +384,7 @@ def fit(
         "store": str(store.path),
         "kind": store.kind,
         "strategy": teacher_cfg.strategy,
-        "steps": done if start < T else start,
+        "steps": done,
         "total_steps": T,
         "out_of_core": out_of_core,
         "train_seconds": round(train_seconds, 3),

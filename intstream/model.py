@@ -16,10 +16,12 @@ from __future__ import annotations
 import functools
 import math
 import warnings
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
+
+from .config import check_keys
 
 __all__ = [
     "ARCHS",
@@ -83,10 +85,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         """Build from a dict, rejecting unknown keys (a typo must not silently become a default)."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown model config key(s): {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        check_keys(cls, d, "model config key(s)")
         return cls(**d)
 
 

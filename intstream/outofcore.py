@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .chunkgraph import model_state, round_topk
-from .schedules import interval_at, ratio_at
+from .schedules import ratio_at
 from .store import SignalStore
 
 __all__ = ["OutOfCoreTeacher", "plan_round_size"]
@@ -89,6 +89,7 @@ class OutOfCoreTeacher:
         self.device = device
         self.slices = store.chunk_slices()
         self.n_chunks = len(self.slices)
+        self.chunk_sizes = np.array([math.prod(s.stop - s.start for s in sl) for sl in self.slices], dtype=np.int64)
         planned_chunks, self.max_batch = plan_round_size(store, memory_budget, model_cfg.width, model_cfg.depth)
         self.round_chunks = min(self.n_chunks, round_chunks or planned_chunks)
         self.round_steps = round_steps or 10
@@ -108,7 +109,7 @@ class OutOfCoreTeacher:
 
             self._client = Client(scheduler)
         self._pool = ThreadPoolExecutor(1) if prefetch else None
-        self._pending = None  # (round, chunk ids, snapshot, future)
+        self._pending = None  # (round, chunk ids, snapshot, top-k ratio, future)
 
     # -- chunk level ---------------------------------------------------------------
     def _pick_chunks(self) -> np.ndarray:
@@ -139,7 +140,7 @@ class OutOfCoreTeacher:
     def _start_round(self, step: int, model) -> None:
         ratio = ratio_at(self.cfg.ratio_schedule, step, self.total_steps, self.cfg.ratio)
         if self._pending is not None and self._pending[0] == self.round:
-            _, chunk_ids, _, fut = self._pending
+            _, chunk_ids, _, _, fut = self._pending
             cands, stats = fut.result()
         else:
             chunk_ids = self._pick_chunks()
@@ -163,10 +164,10 @@ class OutOfCoreTeacher:
             # Prefetch: choose and score the next round now, with this round's starting weights.
             nxt = self._pick_chunks()
             snap = model_state(self.model_cfg, model.state_dict())
-            fut = self._pool.submit(self._score, nxt, snap, self._topk_ratio(
-                ratio_at(self.cfg.ratio_schedule, min(step + self.round_steps, self.total_steps - 1), self.total_steps,
-                         self.cfg.ratio)))
-            self._pending = (self.round, nxt, snap, fut)
+            nxt_ratio = ratio_at(self.cfg.ratio_schedule, min(step + self.round_steps, self.total_steps - 1),
+                                 self.total_steps, self.cfg.ratio)
+            fut = self._pool.submit(self._score, nxt, snap, self._topk_ratio(nxt_ratio))
+            self._pending = (self.round, nxt, snap, nxt_ratio, fut)
 
     def _topk_ratio(self, ratio: float) -> float:
         # The random share replaces part of the top-k; score only what top-k keeps.
@@ -175,10 +176,10 @@ class OutOfCoreTeacher:
     def _mix_random(self, chunk_ids, index, target, n_random):
         """Add ``n_random`` uniform samples from the round's chunks (not already selected)."""
         picks = []
-        sizes = [math.prod(s.stop - s.start for s in self.slices[c]) for c in chunk_ids]
-        total = sum(sizes)
+        sizes = self.chunk_sizes[chunk_ids]
+        total = int(sizes.sum())
         local = torch.randint(0, total, (n_random * 2,), generator=self.generator).numpy()
-        bounds = np.cumsum([0] + sizes)
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
         for j, cid in enumerate(chunk_ids):
             sel = local[(local >= bounds[j]) & (local < bounds[j + 1])] - bounds[j]
             if len(sel):
@@ -190,7 +191,7 @@ class OutOfCoreTeacher:
 
     # -- the loop's interface --------------------------------------------------------
     def batch(self, step: int, model):
-        info = {"interval": self.round_steps, "selected": False, "mse_all": None}
+        info = {"interval": self.round_steps, "selected": False}
         if self.cands is None or step - self.round_start >= self.round_steps:
             self._start_round(step, model)
             info["selected"] = True
@@ -207,8 +208,8 @@ class OutOfCoreTeacher:
         seen = ~np.isnan(self.mean_sq)
         if not seen.any():
             return None
-        sizes = np.array([math.prod(s.stop - s.start for s in sl) for sl in self.slices], dtype=np.float64)
-        return float((self.mean_sq[seen] * sizes[seen]).sum() / sizes[seen].sum())
+        sizes = self.chunk_sizes[seen].astype(np.float64)
+        return float((self.mean_sq[seen] * sizes).sum() / sizes.sum())
 
     def state_dict(self) -> dict:
         state = {
@@ -222,14 +223,9 @@ class OutOfCoreTeacher:
             "pending": None,
         }
         if self._pending is not None:
-            rnd, ids, snap, _ = self._pending
-            state["pending"] = {"round": rnd, "chunks": torch.from_numpy(ids.copy()), "state": snap.state,
-                                "ratio": self._pending_ratio(rnd)}
+            rnd, ids, snap, ratio, _ = self._pending
+            state["pending"] = {"round": rnd, "chunks": torch.from_numpy(ids.copy()), "state": snap.state, "ratio": ratio}
         return state
-
-    def _pending_ratio(self, rnd):
-        return ratio_at(self.cfg.ratio_schedule, min(self.round_start + self.round_steps, self.total_steps - 1),
-                        self.total_steps, self.cfg.ratio)
 
     def load_state_dict(self, state: dict) -> None:
         self.mean_error = state["mean_error"].numpy().copy()
@@ -244,7 +240,7 @@ class OutOfCoreTeacher:
             ids = pending["chunks"].numpy()
             snap = model_state(self.model_cfg, pending["state"])
             fut = self._pool.submit(self._score, ids, snap, self._topk_ratio(pending["ratio"]))
-            self._pending = (pending["round"], ids, snap, fut)
+            self._pending = (pending["round"], ids, snap, pending["ratio"], fut)
 
     def close(self) -> None:
         if self._pool is not None:

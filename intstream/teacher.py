@@ -21,10 +21,11 @@ The in-core teacher is exactly the paper's algorithm when ``random_share = 0``.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
 import torch
 
+from .config import check_keys
 from .model import predict
 from .schedules import interval_at, parse_interval, ratio_at, select_count, selection_steps
 from .topk import topk_indices
@@ -116,10 +117,7 @@ def resolve_teacher(strategy: str = "intstream", **overrides) -> TeacherConfig:
     """The teacher config for a strategy: its preset, then explicit (non-None) overrides."""
     if strategy not in STRATEGY_PRESETS:
         raise ValueError(f"unknown strategy {strategy!r} (expected one of {', '.join(STRATEGIES)})")
-    known = {f.name for f in fields(TeacherConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise ValueError(f"unknown teacher option(s): {', '.join(unknown)}")
+    check_keys(TeacherConfig, overrides, "teacher option(s)")
     items = {**STRATEGY_PRESETS[strategy], **{k: v for k, v in overrides.items() if v is not None}}
     if strategy == "full":
         items.update(ratio=1.0, ratio_schedule="constant", random_share=0.0)
@@ -140,7 +138,7 @@ class InCoreTeacher:
     total_steps
         T, for the schedules.
     generator
-        Source of randomness for random shares (its state is checkpointed).
+        Source of randomness for random shares (the training loop checkpoints its state).
     """
 
     def __init__(self, cfg: TeacherConfig, coords: torch.Tensor, targets: torch.Tensor, total_steps: int, generator: torch.Generator):
@@ -164,25 +162,24 @@ class InCoreTeacher:
     def batch(self, step: int, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict]:
         """The ``(x, y)`` to train on at ``step`` and what was decided.
 
-        The info dict holds ``ratio``, ``interval``, ``selected`` (bool) and ``mse_all``
-        (the MSE of the current weights over all samples when the selection computed it
-        for free, else None).
+        The info dict holds ``ratio``, ``interval``, ``selected`` (bool) and ``weight``
+        (per-sample loss weights, or None for a plain mean).
         """
         info = {"ratio": None, "interval": interval_at(self.cfg.interval_schedule, step, self.total_steps),
-                "selected": False, "mse_all": None, "weight": None}
+                "selected": False, "weight": None}
         k = self.k_at(step)
         info["ratio"] = k / self.n
         if k >= self.n and self.cfg.strategy in ("full",):
             self.index = None
         elif step in self._select_at or self.index is None:
             info["selected"] = True
-            self.index, info["mse_all"] = self._select(model, k)
+            self.index = self._select(model, k)
         if self.index is None:
             return self.coords, self.targets, info
         info["weight"] = self.weight
         return self.coords[self.index], self.targets[self.index], info
 
-    def _errors(self, model) -> tuple[torch.Tensor, float | None]:
+    def _errors(self, model) -> torch.Tensor:
         """Per-sample error scores: fresh over all samples, or the estimates (pool < 1)."""
         if self.cache is not None:
             # Re-score the next slice of the rotating pool; the rest keeps its estimate.
@@ -191,15 +188,13 @@ class InCoreTeacher:
             self.cursor = (self.cursor + m) % self.n
             pred = predict(model, self.coords[idx], dtype=self.score_dtype)
             self.cache[idx] = (pred - self.targets[idx]).abs_().sum(dim=1)
-            return self.cache, None
+            return self.cache
         pred = predict(model, self.coords, dtype=self.score_dtype)
-        diff = pred - self.targets
-        mse = float(diff.square().mean())
-        return diff.abs_().sum(dim=1), mse
+        return (pred - self.targets).abs_().sum(dim=1)
 
-    def _sample(self, model, k: int) -> tuple[torch.Tensor, float | None]:
+    def _sample(self, model, k: int) -> torch.Tensor:
         """Importance sampling: k draws with p = (1 - a) e / sum(e) + a / N, weights 1 / (N p)."""
-        error, mse = self._errors(model)
+        error = self._errors(model)
         e = torch.nan_to_num(error.float(), nan=0.0, posinf=0.0)
         if not torch.isfinite(error).all():  # never-scored samples (cache) count as the largest error
             e = torch.where(torch.isfinite(error), e, e.max().clamp_min(1e-12))
@@ -208,31 +203,28 @@ class InCoreTeacher:
         p = (1.0 - a) * (e / max(total, 1e-30)) + a / self.n
         index = torch.multinomial(p.cpu(), k, replacement=True, generator=self.generator).to(self.coords.device)
         self.weight = 1.0 / (self.n * p[index])
-        return index, mse
+        return index
 
-    def _select(self, model, k: int) -> tuple[torch.Tensor | None, float | None]:
+    def _select(self, model, k: int) -> torch.Tensor | None:
         if self.cfg.weighting == "importance" and k < self.n:
             return self._sample(model, k)
         self.weight = None
         if k >= self.n:
-            return None, None
+            return None
         n_random = round(self.cfg.random_share * k)
         n_top = k - n_random
-        mse = None
         if n_top > 0:
-            error, mse = self._errors(model)
-            top = topk_indices(error, n_top)
+            top = topk_indices(self._errors(model), n_top)
         else:
             top = torch.empty(0, dtype=torch.long, device=self.coords.device)
         if n_random == 0:
-            return top, mse
+            return top
         # Random share drawn from the samples the top-k did not take.
         mask = torch.ones(self.n, dtype=torch.bool)
         mask[top.cpu()] = False
         rest = mask.nonzero().squeeze(1)
         pick = torch.randperm(rest.numel(), generator=self.generator)[:n_random]
-        index = torch.cat([top, rest[pick].to(top.device)])
-        return index, mse
+        return torch.cat([top, rest[pick].to(top.device)])
 
     def observe(self, pred: torch.Tensor) -> None:
         """The training forward's predictions for the current batch: free error estimates."""
@@ -240,13 +232,12 @@ class InCoreTeacher:
             self.cache[self.index] = (pred.detach() - self.targets[self.index]).abs().sum(dim=1)
 
     def state_dict(self) -> dict:
-        return {"index": None if self.index is None else self.index.cpu(), "generator": self.generator.get_state(),
+        return {"index": None if self.index is None else self.index.cpu(),
                 "weight": None if self.weight is None else self.weight.cpu(),
                 "cache": None if self.cache is None else self.cache.cpu(), "cursor": self.cursor}
 
     def load_state_dict(self, state: dict) -> None:
         self.index = None if state["index"] is None else state["index"].to(self.coords.device)
-        self.generator.set_state(state["generator"])
         self.weight = None if state.get("weight") is None else state["weight"].to(self.coords.device)
         if state.get("cache") is not None:
             self.cache = state["cache"].to(self.coords.device)
