@@ -168,7 +168,7 @@ def compare_methods(
     from intstream.evaluate import evaluate
     from intstream.fit import FitConfig, fit
 
-    from intstream.teacher import STEPS_FACTOR
+    from intstream.teach.config import STEPS_FACTOR
 
     done = {}
     for label, opts in methods:

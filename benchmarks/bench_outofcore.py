@@ -14,7 +14,7 @@ then runs each stage as a child process, measuring its wall time and its own pea
 * ``intstream fit`` with a small ``--memory-budget`` (forces rounds over chunks), a fixed
   number of steps and a small SIREN, so it measures I/O and rounds rather than the
   network: rounds/s and samples scored/s (rounds from the checkpoint, chunks per round
-  from `intstream.outofcore.plan_round_size`);
+  from `intstream.teach.rounds.plan_round_size`);
 * ``intstream eval --metrics psnr`` (no decode) -> MB/s, for signals up to
   ``--eval-max-samples`` (the forward pass over every sample is the slow part: a 1 GP
   image takes ~10 min on 2 cores).
@@ -80,7 +80,7 @@ def bench_case(case: dict, tmp: Path, opts) -> dict:
     audio_chunks and eval_max_samples (see `main`'s options).
     """
     from intstream.checkpoint import load_checkpoint
-    from intstream.outofcore import plan_round_size
+    from intstream.teach.rounds import plan_round_size
     from intstream.store import open_store
 
     cli = intstream_cmd()

@@ -4,11 +4,11 @@ Scoring (samples/s): INT's error map over every sample of a generated image stor
 (``--pixels``², RGB uint8, the store's default 1024² chunks), three ways, in fp32 and
 with bf16 autocast:
 
-* ``round_topk``: `intstream.chunkgraph.round_topk` over all chunks -- Zarr reads,
+* ``round_topk``: `intstream.teach.graph.round_topk` over all chunks -- Zarr reads,
   coordinates, the no-grad forward, per-chunk top-k and the tree merge, as an
   out-of-core round does it;
-* ``select``: the in-core teacher's work on in-memory tensors -- `intstream.model.predict`,
-  the L1 error and `intstream.topk.topk_indices`;
+* ``select``: the in-core teacher's work on in-memory tensors -- `intstream.models.predict`,
+  the L1 error and `intstream.teach.topk.topk_indices`;
 * ``predict``: the bare forward (`predict`) on in-memory tensors, the ceiling.
 
 Training (steps/s) on a ``--train-px``² image with the whole image as the batch: the fit
@@ -67,10 +67,10 @@ def scoring_rows(store_path: Path, spec: str, *, device: str = "cpu", repeats: i
     """Samples/s of the three scoring paths, fp32 and bf16, for one model on one store."""
     import torch
 
-    from intstream.chunkgraph import model_state, round_topk
-    from intstream.model import ModelConfig, build_model, count_params, predict
+    from intstream.teach.graph import model_state, round_topk
+    from intstream.models import ModelConfig, build_model, count_params, predict
     from intstream.store import open_store
-    from intstream.topk import topk_indices
+    from intstream.teach.topk import topk_indices
 
     store = open_store(store_path)
     depth, width = parse_model(spec)
@@ -112,7 +112,7 @@ def training_rows(store_path: Path, spec: str, work: Path, *, steps: int, device
     import torch
 
     from intstream.fit import FitConfig, fit
-    from intstream.model import ModelConfig, build_model
+    from intstream.models import ModelConfig, build_model
     from intstream.store import open_store
 
     store = open_store(store_path)

@@ -14,9 +14,3 @@ def ingest(*args, **kwargs):
     from .ingest import ingest as _ingest
 
     return _ingest(*args, **kwargs)
-
-
-# In a source checkout the click commands live in ../cli (installed as intstream.cli), so
-# `python -m intstream.cli` run from the checkout would otherwise not find them.
-if not (_Path(__file__).parent / "cli").exists() and (_Path(__file__).resolve().parent.parent / "cli" / "__init__.py").is_file():
-    __path__.append(str(_Path(__file__).resolve().parent.parent))

@@ -167,7 +167,7 @@ def predict_blocks(
     """
     import torch
 
-    from .model import predict
+    from .models import predict
 
     for slices in blocks:
         coords = torch.from_numpy(block_coords(shape, extent, slices))

@@ -197,7 +197,7 @@ def score(
     """
     import torch
 
-    from .model import predict
+    from .models import predict
     from .normalize import block_coords
     from .progress import Progress
 
@@ -369,7 +369,7 @@ def _predict_at(model, shape, extent, index_axes, batch):
     """Predictions on the sub-grid given by per-axis index arrays (strided previews)."""
     import torch
 
-    from .model import predict
+    from .models import predict
 
     axes = [axis_coords(n, e)[idx] for n, e, idx in zip(shape, extent, index_axes)]
     mesh = np.meshgrid(*axes, indexing="ij")

@@ -64,7 +64,7 @@ class Weights:
     path
         The weights file or checkpoint it came from.
     model_config
-        `intstream.model.ModelConfig` as a dict.
+        `intstream.models.ModelConfig` as a dict.
     state
         Float32 state dict (int8/float16 tensors already dequantised).
     signal
@@ -107,7 +107,7 @@ class Weights:
 
     def model(self, device: str = "cpu"):
         """The network with these weights, in eval mode on ``device`` (float32)."""
-        from .model import ModelConfig, build_model
+        from .models import ModelConfig, build_model
 
         net = build_model(ModelConfig.from_dict(self.model_config))
         net.load_state_dict(self.state, strict=True)
@@ -270,7 +270,7 @@ def export_weights(
         images), kind, shape, store, run dir, training summary, seconds.
     """
     from .checkpoint import find_checkpoint, load_checkpoint
-    from .model import ModelConfig, build_model, count_params
+    from .models import ModelConfig, build_model, count_params
 
     t0 = time.perf_counter()
     if dtype not in WEIGHT_DTYPES:

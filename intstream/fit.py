@@ -1,7 +1,7 @@
 """fit: train an implicit neural representation of a signal store with a teacher.
 
 One loop, top to bottom: select -> batch -> step -> log -> checkpoint. The teacher
-decides what to train on (`intstream.teacher` in core, `intstream.outofcore` when the
+decides what to train on (`intstream.teach.incore` in core, `intstream.teach.rounds` when the
 signal exceeds the memory budget); everything else is the same for both.
 """
 
@@ -47,7 +47,7 @@ class FitConfig:
         The coordinate network (SIREN 6 x 256, omega0 30 by default; ``first_omega0``
         overrides the first layer's factor).
     strategy, ratio, ratio_schedule, interval_schedule, random_share, score_dtype
-        The teacher (see `intstream.teacher`); ``None`` takes the strategy's preset.
+        The teacher (see `intstream.teach`); ``None`` takes the strategy's preset.
     seed
         Seeds torch, numpy and Python RNGs.
     device
@@ -107,7 +107,7 @@ class FitConfig:
 
 def resolve_config(cfg: FitConfig, kind: str) -> FitConfig:
     """Fill the kind's defaults (steps, lr) into ``cfg``."""
-    from .teacher import STEPS_FACTOR
+    from .teach.config import STEPS_FACTOR
 
     d = KIND_DEFAULTS[kind]
     steps = cfg.steps or round(d["steps"] * STEPS_FACTOR.get(cfg.strategy, 1.0))
@@ -216,9 +216,9 @@ def fit(
     """
     import torch
 
-    from .model import ModelConfig, build_model, count_params, predict
+    from .models import ModelConfig, build_model, count_params, predict
     from .progress import Progress
-    from .teacher import resolve_teacher
+    from .teach.config import resolve_teacher
 
     t_wall = time.perf_counter()
     run_dir = Path(run_dir).absolute()
@@ -262,14 +262,14 @@ def fit(
 
     out_of_core = in_core_bytes(store) > cfg.memory_budget
     if out_of_core:
-        from .outofcore import OutOfCoreTeacher
+        from .teach.rounds import OutOfCoreTeacher
 
         teacher = OutOfCoreTeacher(teacher_cfg, store, T, gen, model_cfg=model_cfg, device=device,
                                    memory_budget=cfg.memory_budget, scheduler=cfg.scheduler,
                                    round_steps=cfg.round_steps, round_chunks=cfg.round_chunks)
         eval_coords = eval_targets = None
     else:
-        from .teacher import InCoreTeacher
+        from .teach.incore import InCoreTeacher
 
         coords, targets = store.load_all()
         pin = device.type == "cuda"

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from intstream.chunkgraph import model_state, round_graph, round_topk
-from intstream.model import ModelConfig, build_model, predict
+from intstream.teach.graph import model_state, round_graph, round_topk
+from intstream.models import ModelConfig, build_model, predict
 from intstream.store import create_store, open_store
-from intstream.topk import chunk_error
+from intstream.teach.topk import chunk_error
 
 H, W, CH, CW = 37, 29, 8, 7  # 5 x 5 = 25 chunks, ragged on both axes
 CFG = ModelConfig(in_dim=2, out_dim=3, width=32, depth=3)
@@ -132,14 +132,14 @@ def test_model_snapshot_token(model):
 
 
 def _models_built():
-    from intstream import chunkgraph
+    from intstream.teach import graph as chunkgraph
 
     return len(chunkgraph._model_cache)
 
 
 def test_model_built_once_per_round(store_path, model, monkeypatch):
-    import intstream.chunkgraph as cg
-    import intstream.model as im
+    import intstream.teach.graph as cg
+    import intstream.models as im
 
     calls = []
     real = im.build_model

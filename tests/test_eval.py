@@ -19,7 +19,7 @@ from intstream.cli import main
 from intstream.evaluate import evaluate
 from intstream.export import export_weights, load_weights
 from intstream.ingest import ingest
-from intstream.model import ModelConfig, build_model, predict
+from intstream.models import ModelConfig, build_model, predict
 from intstream.normalize import Normalisation
 from intstream.store import create_store, open_store
 from intstream.testing import make_image_store, write_png

@@ -15,7 +15,7 @@ from intstream.errors import InputError
 from intstream.evaluate import evaluate
 from intstream.export import export_weights, load_source, load_weights
 from intstream.ingest import ingest
-from intstream.model import ModelConfig, build_model, predict
+from intstream.models import ModelConfig, build_model, predict
 from intstream.store import open_store
 
 STEPS = 300

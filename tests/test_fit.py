@@ -16,9 +16,9 @@ from PIL import Image
 from intstream.errors import InputError
 from intstream.fit import FitConfig, fit
 from intstream.ingest import ingest
-from intstream.model import ModelConfig, build_model, predict
+from intstream.models import ModelConfig, build_model, predict
 from intstream.store import open_store
-from intstream.teacher import InCoreTeacher, resolve_teacher
+from intstream.teach import InCoreTeacher, resolve_teacher
 from intstream.testing import make_image_store
 
 SMALL = dict(width=48, depth=4, log_every=20)
@@ -146,7 +146,7 @@ OOC = dict(width=32, depth=3, log_every=10, memory_budget=200_000, round_steps=5
 
 
 def test_out_of_core_rounds_learn_and_visit_every_chunk(big_store, tmp_path):
-    from intstream.outofcore import OutOfCoreTeacher
+    from intstream.teach.rounds import OutOfCoreTeacher
 
     m = fit(big_store, tmp_path / "run", FitConfig(steps=150, strategy="int", **OOC))
     assert m["out_of_core"] and m["steps"] == 150
@@ -165,7 +165,7 @@ def test_out_of_core_rounds_learn_and_visit_every_chunk(big_store, tmp_path):
 
 def test_out_of_core_matches_in_core_selection_when_one_round_holds_everything(big_store):
     """One round over every chunk is the paper's global top-k."""
-    from intstream.outofcore import OutOfCoreTeacher
+    from intstream.teach.rounds import OutOfCoreTeacher
 
     store = open_store(big_store)
     torch.manual_seed(1)

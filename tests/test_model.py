@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from intstream.model import FourierMLP, ModelConfig, Siren, build_model, count_params, predict
+from intstream.models import FourierMLP, ModelConfig, Siren, build_model, count_params, predict
 
 
 def test_config_roundtrip_and_unknown_keys():
@@ -120,7 +120,7 @@ def test_first_omega0_scales_only_the_first_layer():
     """``first_omega0`` (SIREN's audio setting) multiplies the first layer's pre-activation only."""
     import torch
 
-    from intstream.model import ModelConfig, build_model
+    from intstream.models import ModelConfig, build_model
 
     cfg = ModelConfig(in_dim=1, out_dim=1, width=8, depth=3, first_omega0=3000.0)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg

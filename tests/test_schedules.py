@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from intstream.schedules import (
+from intstream.teach.schedules import (
     interval_at,
     is_selection_step,
     parse_interval,

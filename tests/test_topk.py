@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from intstream.topk import Candidates, chunk_error, chunk_topk, combine_topk, topk_indices
+from intstream.teach.topk import Candidates, chunk_error, chunk_topk, combine_topk, topk_indices
 
 
 def oracle(err, k):

@@ -7,7 +7,7 @@ Each round the teacher
    by their last measured mean error (the chunk-level top-k);
 2. has Dask score those chunks with a snapshot of the weights -- each chunk task returns
    only its local top-k candidates -- and merge them by a tree reduction into the round's
-   global top-k (`intstream.chunkgraph`); the next round is scored in the background
+   global top-k (`intstream.teach.graph`); the next round is scored in the background
    while this one trains (with the weights of this round's start: one round stale);
 3. trains ``round_steps`` steps on the selected samples (the whole selection per step when
    it fits ``max_batch``, else mini-batches drawn from it);
@@ -29,9 +29,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .chunkgraph import model_state, round_topk
+from ..store import SignalStore
+from .graph import model_state, round_topk
 from .schedules import ratio_at
-from .store import SignalStore
 
 __all__ = ["OutOfCoreTeacher", "plan_round_size"]
 

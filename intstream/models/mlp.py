@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from .config import check_keys
+from ..config import check_keys
 
 __all__ = [
     "ARCHS",

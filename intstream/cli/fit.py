@@ -6,10 +6,10 @@ import sys
 
 import click
 
+from intstream.teach.config import STRATEGIES
+
 from . import options
 from .common import emit, stage, upstream
-
-STRATEGIES = ["intstream", "int", "full", "random"]
 
 
 def _parse_size(ctx, param, value):

@@ -82,7 +82,7 @@ def _cached_model(ms: ModelState, device: str):
 
     Forward passes under no_grad only read parameters, so threads share one instance.
     """
-    from .model import ModelConfig, build_model
+    from ..models import ModelConfig, build_model
 
     key = (ms.token, device)
     with _model_lock:
@@ -101,7 +101,7 @@ def _cached_model(ms: ModelState, device: str):
 
 def _cached_store(path: str):
     """An opened `SignalStore`, reused while its metadata file is unchanged."""
-    from .store import open_store
+    from ..store import open_store
 
     st = os.stat(os.path.join(path, "zarr.json"))
     key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
@@ -147,7 +147,7 @@ def score_chunk(
     """
     import torch
 
-    from .model import predict
+    from ..models import predict
 
     store = _cached_store(store_path)
     model = _cached_model(ms, device)
