@@ -28,6 +28,9 @@ class InputError(Exception):
         self.problem = problem
         super().__init__(self.message)
 
+    def __reduce__(self):  # picklable: Dask process/distributed workers send it back to fit
+        return (self.__class__, (self.path, self.problem))
+
     @property
     def message(self) -> str:
         return self.problem if self.path is None else f"{self.path}: {self.problem}"

@@ -8,6 +8,13 @@ never stored: `SignalStore` computes them from indices (see `normalize`).
 A store is written by `create_store`, under a temporary name that is renamed into place
 only when ingest finished; until then its ``complete`` flag is false and `open_store`
 refuses it.
+
+Integrity: every chunk (every shard, when sharded) is written, zeros included
+(``write_empty_chunks``), and ``stored_chunks`` records how many. `open_store` checks the
+listing against that record wherever the backend can list, and reads go through a strict
+store for which a missing chunk is an error, never zarr's fill value. A chunk that does
+not decode, or attributes that disagree with the array, are an `InputError` naming the
+store (and the chunk).
 """
 
 from __future__ import annotations
@@ -85,6 +92,76 @@ def _chunking(kind: str, shape: tuple[int, ...], chunks: tuple[int, ...] | None)
     return chunks, shards
 
 
+SIGNAL_CHUNK_PREFIX = "signal/c/"
+
+
+class MissingChunkError(Exception):
+    """A chunk of ``signal`` is absent from the store (zarr would read it as its fill value)."""
+
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(key)
+
+
+_STRICT_STORE = None
+
+
+def strict_store(store):
+    """``store`` wrapped so that reading an absent ``signal`` chunk raises `MissingChunkError`.
+
+    Zarr reads a chunk the store does not hold as the fill value (zeros here); a store
+    whose every chunk was written (see `create_store`) must never do that silently.
+    """
+    global _STRICT_STORE
+    if _STRICT_STORE is None:
+        from zarr.storage import WrapperStore
+
+        class StrictStore(WrapperStore):
+            async def get(self, key, prototype, byte_range=None):
+                value = await self._store.get(key, prototype, byte_range)
+                if value is None and key.startswith(SIGNAL_CHUNK_PREFIX):
+                    raise MissingChunkError(key)
+                return value
+
+            async def get_partial_values(self, prototype, key_ranges):
+                key_ranges = list(key_ranges)
+                values = await self._store.get_partial_values(prototype, key_ranges)
+                for (key, _), value in zip(key_ranges, values):
+                    if value is None and key.startswith(SIGNAL_CHUNK_PREFIX):
+                        raise MissingChunkError(key)
+                return values
+
+        _STRICT_STORE = StrictStore
+    return _STRICT_STORE(store)
+
+
+def _expected_chunk_keys(array, meta: dict) -> list[str]:
+    """Store keys of every stored object of ``signal`` (shards when sharded), row-major."""
+    block = meta.get("shards") or meta["chunks"]
+    grid = [range(math.ceil(n / b)) for n, b in zip(meta["shape"], block)]
+    return [SIGNAL_CHUNK_PREFIX.removesuffix("c/") + array.metadata.encode_chunk_key(c + (0,))
+            for c in itertools.product(*grid)]
+
+
+def _listed_chunk_keys(store) -> set[str] | None:
+    """The ``signal`` chunk keys a zarr store lists, or ``None`` if it cannot list (HTTP)."""
+    from zarr.core.sync import sync
+
+    async def collect():
+        return {k async for k in store.list_prefix(SIGNAL_CHUNK_PREFIX)}
+
+    if not getattr(store, "supports_listing", True):
+        return None
+    try:
+        return sync(collect())
+    except (NotImplementedError, PermissionError):
+        return None
+    except Exception as exc:  # fsspec backends without listing raise their own types
+        if "list" in str(exc).lower() or exc.__class__.__name__ in ("HTTPError", "ClientResponseError"):
+            return None
+        raise
+
+
 class StoreWriter:
     """Writes blocks of a store being ingested; created by `create_store`.
 
@@ -138,6 +215,12 @@ class StoreWriter:
             self.meta["value_range"] = None if value_range is None else list(value_range)
         norm = normalisation_for(kind, self.meta["dtype"], shape, self.meta["value_range"])
         self.meta["normalisation"] = norm.to_dict()
+        expected = _expected_chunk_keys(self.array, self.meta)
+        present = _listed_chunk_keys(self.group.store)
+        missing = [k for k in expected if k not in present]
+        if present is None or missing:
+            raise RuntimeError(f"ingest left {len(missing)} of {len(expected)} chunks unwritten (first: {missing[:1]})")
+        self.meta["stored_chunks"] = len(expected)
         self.meta["complete"] = True
         self.group.attrs["intstream"] = self.meta
 
@@ -188,7 +271,7 @@ def create_store(
         "complete": False,
     }
     full.update(meta or {})
-    with atomic_output(out) as tmp:
+    with atomic_output(out, overwrite=overwrite) as tmp:  # locked; never clobbers a store that appeared meanwhile
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.attrs["intstream"] = full
         array = group.create_array(
@@ -199,6 +282,8 @@ def create_store(
             dtype=dt,
             compressors=BloscCodec(cname="zstd", clevel=3, shuffle="shuffle" if dt.itemsize > 1 else "bitshuffle"),
             fill_value=0,
+            # Every chunk is stored, all-zero ones too: an absent chunk then always means damage.
+            config={"write_empty_chunks": True},
         )
         writer = StoreWriter(group, array, full, None if source is None else os.fspath(source))
         yield writer
@@ -268,8 +353,44 @@ class SignalStore:
 
     # -- reads -------------------------------------------------------------------
     def read(self, slices: tuple[slice, ...]) -> np.ndarray:
-        """Stored values of a grid block, channel axis last."""
-        return self.array[tuple(slices) + (slice(None),)]
+        """Stored values of a grid block, channel axis last.
+
+        A chunk that is missing or does not decode is an `InputError` naming the store
+        and the chunk.
+        """
+        slices = tuple(slices)
+        try:
+            return self.array[slices + (slice(None),)]
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise self._read_error(exc, [slices]) from None
+
+    def _read_error(self, exc: Exception, regions: list[tuple[slice, ...]]) -> InputError:
+        """The `InputError` for a failed read of ``regions``: find the chunk that fails."""
+        if isinstance(exc, MissingChunkError):
+            return InputError(self.path, f"chunk {exc.key} is missing (the store is damaged; ingest it again)")
+        chunks = self.chunks
+        seen = set()
+        for region in regions:
+            first = tuple(sl.start // c for sl, c in zip(region, chunks))
+            last = tuple((sl.stop - 1) // c for sl, c in zip(region, chunks))
+            for idx in itertools.product(*(range(a, b + 1) for a, b in zip(first, last))):
+                if idx in seen:
+                    continue
+                seen.add(idx)
+                sl = tuple(slice(i * c, min((i + 1) * c, n)) for i, c, n in zip(idx, chunks, self.shape))
+                try:
+                    self.array[sl + (slice(None),)]
+                except MissingChunkError as inner:
+                    return InputError(self.path, f"chunk {inner.key} is missing (the store is damaged; ingest it again)")
+                except Exception as inner:
+                    block = self.meta.get("shards") or chunks
+                    key = "signal/" + self.array.metadata.encode_chunk_key(
+                        tuple(sl_.start // b for sl_, b in zip(sl, block)) + (0,))
+                    return InputError(self.path, f"chunk {idx} ({key}, samples from {[s.start for s in sl]}) is corrupt: "
+                                                 f"{inner.__class__.__name__}: {inner}")
+        return InputError(self.path, f"unreadable signal data ({exc.__class__.__name__}: {exc})")
 
     def block_samples(self, slices: tuple[slice, ...]) -> tuple[np.ndarray, np.ndarray]:
         """Normalised ``(coords (n, ndim), targets (n, channels))`` of a grid block, row-major."""
@@ -292,8 +413,16 @@ class SignalStore:
         flat_index = np.asarray(flat_index, dtype=np.int64)
         c = self.channels
         # Zarr's coordinate selection needs an index on every axis, the channel one included.
-        idx = tuple(np.repeat(ix, c) for ix in np.unravel_index(flat_index, self.shape))
-        values = self.array.vindex[idx + (np.tile(np.arange(c), len(flat_index)),)]
+        grid_idx = np.unravel_index(flat_index, self.shape)
+        idx = tuple(np.repeat(ix, c) for ix in grid_idx)
+        try:
+            values = self.array.vindex[idx + (np.tile(np.arange(c), len(flat_index)),)]
+        except MemoryError:
+            raise
+        except Exception as exc:
+            touched = np.unique(np.stack([ix // ch for ix, ch in zip(grid_idx, self.chunks)], axis=1), axis=0)
+            regions = [tuple(slice(int(i) * ch, int(i) * ch + 1) for i, ch in zip(row, self.chunks)) for row in touched]
+            raise self._read_error(exc, regions) from None
         return self.norm.targets(values).reshape(-1, c)
 
     def load_all(self) -> tuple[np.ndarray, np.ndarray]:
@@ -316,7 +445,7 @@ def open_store(path: str | os.PathLike, *, require_complete: bool = True) -> Sig
     if not (p / "zarr.json").is_file():
         raise InputError(p, "not a Zarr v3 store (no zarr.json)")
     try:
-        group = zarr.open_group(str(p), mode="r")
+        group = zarr.open_group(strict_store(zarr.storage.LocalStore(str(p), read_only=True)), mode="r")
         meta = dict(group.attrs.get("intstream") or {})
     except Exception as exc:  # zarr raises several types for broken metadata
         raise InputError(p, f"unreadable store ({exc.__class__.__name__}: {exc})") from None
@@ -328,4 +457,69 @@ def open_store(path: str | os.PathLike, *, require_complete: bool = True) -> Sig
         raise InputError(p, "store is incomplete (ingest did not finish); ingest it again")
     if "signal" not in group:
         raise InputError(p, "store has no 'signal' array")
+    try:
+        array = group["signal"]
+    except Exception as exc:
+        raise InputError(p, f"unreadable 'signal' array ({exc.__class__.__name__}: {exc})") from None
+    _check_attributes(p, meta, array)
+    if meta.get("complete") and "stored_chunks" in meta:
+        _check_chunks(p, meta, array, group.store)
     return SignalStore(p, group, meta)
+
+
+def _positive_ints(value, n: int | None = None) -> bool:
+    return (isinstance(value, list) and (n is None or len(value) == n) and len(value) > 0
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+def _check_attributes(p, meta: dict, array) -> None:
+    """Refuse attributes that are malformed or disagree with the ``signal`` array."""
+    bad = lambda what: InputError(p, f"store attributes are damaged: {what}")  # noqa: E731
+    if meta.get("kind") not in KINDS:
+        raise bad(f"kind {meta.get('kind')!r} is not one of {', '.join(KINDS)}")
+    shape, channels = meta.get("shape"), meta.get("channels")
+    if not _positive_ints(shape):
+        raise bad(f"shape {shape!r} is not a list of positive integers")
+    if not (isinstance(channels, int) and not isinstance(channels, bool) and channels > 0):
+        raise bad(f"channels {channels!r} is not a positive integer")
+    if meta.get("dtype") not in SUPPORTED_DTYPES:
+        raise bad(f"dtype {meta.get('dtype')!r} is not one of {', '.join(SUPPORTED_DTYPES)}")
+    chunks, shards = meta.get("chunks"), meta.get("shards")
+    if not _positive_ints(chunks, len(shape)):
+        raise bad(f"chunks {chunks!r} do not fit the {len(shape)}-D shape")
+    if shards is not None and not _positive_ints(shards, len(shape)):
+        raise bad(f"shards {shards!r} do not fit the {len(shape)}-D shape")
+    said = tuple(shape) + (channels,)
+    if tuple(array.shape) != said:
+        raise InputError(p, f"store attributes disagree with the array: shape {shape} with {channels} channels "
+                            f"but the array is {list(array.shape)}")
+    if np.dtype(array.dtype).name != meta["dtype"]:
+        raise InputError(p, f"store attributes disagree with the array: dtype {meta['dtype']} "
+                            f"but the array holds {np.dtype(array.dtype).name}")
+    if tuple(array.chunks) != tuple(chunks) + (channels,) or (
+        (array.shards is None) != (shards is None)
+        or (shards is not None and tuple(array.shards) != tuple(shards) + (channels,))
+    ):
+        raise InputError(p, f"store attributes disagree with the array: chunks {chunks}, shards {shards} "
+                            f"but the array has chunks {list(array.chunks)}, shards {array.shards}")
+    norm = meta.get("normalisation")
+    if meta.get("complete") or norm:
+        try:
+            Normalisation.from_dict(norm)
+        except Exception:
+            raise bad(f"normalisation {norm!r} is malformed") from None
+
+
+def _check_chunks(p, meta: dict, array, store) -> None:
+    """Refuse a store missing any chunk it recorded as written (where the backend lists)."""
+    expected = _expected_chunk_keys(array, meta)
+    if meta["stored_chunks"] != len(expected):
+        raise InputError(p, f"store attributes are damaged: stored_chunks {meta['stored_chunks']!r} "
+                            f"but the grid has {len(expected)} chunks")
+    present = _listed_chunk_keys(store)
+    if present is None:  # cannot list (HTTP): the strict store refuses a missing chunk when read
+        return
+    missing = [k for k in expected if k not in present]
+    if missing:
+        raise InputError(p, f"chunk {missing[0]} is missing ({len(missing)} of {len(expected)} chunks absent; "
+                            "the store is damaged, ingest it again)")
