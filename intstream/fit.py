@@ -7,6 +7,7 @@ signal exceeds the memory budget); everything else is the same for both.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -18,9 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import check_keys
+from .config import check_keys, check_number
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, load_checkpoint, save_checkpoint
 from .errors import InputError
+from .plan import peak_rss_bytes
+from .rundir import RunDir, guarded, resume_config
 from .store import SignalStore, open_store
 
 __all__ = ["FitConfig", "fit", "resolve_config", "KIND_DEFAULTS", "psnr_from_mse"]
@@ -53,7 +56,8 @@ class FitConfig:
     device
         ``auto``, ``cpu`` or ``cuda``.
     time_budget
-        Stop after this many seconds of training (checkpoint and report), or None.
+        Stop after this many seconds of training by this process (checkpoint and report),
+        or None. A resumed run gets the full budget again.
     target_psnr
         Stop once the training PSNR reaches this (dB), or None.
     memory_budget
@@ -65,8 +69,11 @@ class FitConfig:
         Steps between log lines with the PSNR of the current weights.
     checkpoint_every
         Seconds between checkpoints (one is always written at the end and on SIGTERM/SIGINT).
-    round_steps, round_chunks
-        Out of core: training steps per round and chunks per round (None = from the budget).
+    out_of_core
+        Train in rounds over the store's chunks even when the signal would fit the budget
+        (for tests, benchmarks and comparisons); the manifest's ``out_of_core`` says which ran.
+    round_chunks
+        Out of core: chunks per round (None = from the budget).
     """
 
     steps: int | None = None
@@ -93,8 +100,14 @@ class FitConfig:
     scheduler: str | None = None
     log_every: int = 100
     checkpoint_every: float = 300.0
-    round_steps: int | None = None
+    out_of_core: bool = False
     round_chunks: int | None = None
+
+    def __post_init__(self):
+        # Numbers the CLI checks too, so the Python API refuses NaN/Inf/out-of-range alike
+        # (a ConfigError is a ValueError; the CLI turns it into exit 2).
+        for name, rule in _NUMBER_RULES.items():
+            check_number(self, name, **rule)
 
     @classmethod
     def from_dict(cls, d: dict) -> "FitConfig":
@@ -103,6 +116,27 @@ class FitConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+_NUMBER_RULES = {
+    "steps": dict(lo=1, integer=True, optional=True),
+    "lr": dict(lo=0, lo_open=True, optional=True),
+    "lr_min": dict(lo=0),
+    "width": dict(lo=1, integer=True),
+    "depth": dict(lo=2, integer=True),
+    "omega0": dict(lo=0, lo_open=True),
+    "first_omega0": dict(lo=0, lo_open=True, optional=True),
+    "ratio": dict(lo=0, lo_open=True, hi=1, optional=True),
+    "random_share": dict(lo=0, hi=1, optional=True),
+    "pool": dict(lo=0, lo_open=True, hi=1, optional=True),
+    "seed": dict(lo=0, hi=2**64 - 1, integer=True),
+    "time_budget": dict(lo=0, lo_open=True, optional=True),
+    "target_psnr": dict(optional=True),
+    "memory_budget": dict(lo=1, integer=True),
+    "log_every": dict(lo=1, integer=True),
+    "checkpoint_every": dict(lo=0),
+    "round_chunks": dict(lo=1, integer=True, optional=True),
+}
 
 
 def resolve_config(cfg: FitConfig, kind: str) -> FitConfig:
@@ -169,6 +203,19 @@ def _data_range(store: SignalStore) -> float:
     return 1.0
 
 
+def _memory_plan(cfg: FitConfig, store: SignalStore, model_cfg, teacher_cfg):
+    """The run's `~intstream.plan.MemoryPlan` within ``cfg.memory_budget`` (InputError if none fits)."""
+    import torch
+
+    from .models import build_model, count_params
+    from .plan import plan_for_store
+
+    with torch.device("meta"):  # counts parameters without allocating them
+        params = count_params(build_model(model_cfg))
+    return plan_for_store(cfg.memory_budget, store, model_cfg=model_cfg, params=params, teacher_cfg=teacher_cfg,
+                          total_steps=cfg.steps, out_of_core=cfg.out_of_core, round_chunks=cfg.round_chunks)
+
+
 def in_core_bytes(store: SignalStore) -> int:
     """Memory the in-core path needs for the signal: coords, targets, predictions, errors."""
     return store.n_samples * (store.ndim + 2 * store.channels + 2) * 4
@@ -199,6 +246,7 @@ class _Stop:
             signal.signal(s, h)
 
 
+@guarded  # releases the run directory's lock; a failed fresh run leaves nothing
 def fit(
     store_path: str | os.PathLike,
     run_dir: str | os.PathLike,
@@ -207,12 +255,29 @@ def fit(
     resume: bool = False,
     overwrite: bool = False,
     progress: bool | None = None,
+    explicit: set[str] | None = None,
 ) -> dict:
     """Train on the store at ``store_path``, writing checkpoints and a log to ``run_dir``.
 
     Returns the manifest: run dir, checkpoint, steps done, wall and training seconds,
     the training PSNR of the final weights, and ``interrupted`` (signal name) when a
     SIGTERM/SIGINT stopped it early (a checkpoint was written; rerun with resume).
+
+    ``run_dir`` must be new, empty or an intstream run directory (`intstream.rundir`);
+    fit holds its lock while it runs. ``resume`` continues its checkpoint with the
+    checkpoint's options: options in ``config`` that differ are refused (an `InputError`
+    listing them), except `~intstream.rundir.RESUME_FROM_THIS_PROCESS` (``time_budget``,
+    ``checkpoint_every``), `~intstream.rundir.RESUME_MAY_CHANGE` and a larger ``steps``
+    for a finished run, which then trains the extra steps with the schedules of the longer
+    run (`_extend_cosine`; the teacher's ratio and interval schedules over the new T).
+    ``explicit`` names the options the user set (the CLI's); ``None`` compares the ones
+    that differ from the `FitConfig` defaults.
+
+    Times and rates are this process's: ``time_budget`` counts this process's training
+    seconds (a resumed job has a fresh allocation), and ``wall_seconds``,
+    ``steps_per_second``, ``steps_this_process`` and ``train_seconds_this_process`` count
+    this process only; ``train_seconds`` and ``steps`` are the run's totals, and
+    ``resumed_from_step`` is the checkpoint's step (``None`` for a fresh run).
     """
     import torch
 
@@ -222,6 +287,7 @@ def fit(
 
     t_wall = time.perf_counter()
     run_dir = Path(run_dir).absolute()
+    rd = RunDir(run_dir)  # a symlink or a foreign non-empty directory is refused before anything is read
     ck_path = run_dir / CHECKPOINT_NAME
     ck = None
     if ck_path.exists():
@@ -230,29 +296,34 @@ def fit(
         elif not overwrite:
             raise InputError(run_dir, "run directory already holds a checkpoint (pass --resume to continue or --overwrite)")
     if ck is not None:
-        cfg = FitConfig.from_dict(ck["fit_config"])
-        # A resumed job may get a new wall-clock budget (the preempted one's was spent).
-        cfg = replace(cfg, time_budget=config.time_budget, checkpoint_every=config.checkpoint_every)
+        # Differing options are refused; a new time budget, or more steps for a finished run, are not.
+        cfg = resume_config(FitConfig.from_dict(ck["fit_config"]), config, step=int(ck["step"]),
+                            explicit=explicit, where=run_dir)
         store = open_store(ck["store"]["path"] if store_path is None else store_path)
         if store.meta["source"] != ck["store"]["meta"]["source"] or store.shape != tuple(ck["store"]["meta"]["shape"]):
             raise InputError(store.path, "store does not match the checkpoint being resumed (source or shape differ)")
     else:
         store = open_store(store_path)
         cfg = resolve_config(config, store.kind)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _check_run_dir(run_dir, store)
 
     device = _device(cfg.device)
     _setup_torch(device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
-    teacher_cfg = resolve_teacher(
-        cfg.strategy, ratio=cfg.ratio, ratio_schedule=cfg.ratio_schedule, interval_schedule=cfg.interval_schedule,
-        random_share=cfg.random_share, score_dtype=cfg.score_dtype, pool=cfg.pool,
-        weighting=cfg.weighting,
-    )
+    with _option_errors():  # a bad teacher option: exit 2, before the run directory exists
+        teacher_cfg = resolve_teacher(
+            cfg.strategy, ratio=cfg.ratio, ratio_schedule=cfg.ratio_schedule, interval_schedule=cfg.interval_schedule,
+            random_share=cfg.random_share, score_dtype=cfg.score_dtype, pool=cfg.pool,
+            weighting=cfg.weighting,
+        )
     model_cfg = ModelConfig(in_dim=store.ndim, out_dim=store.channels, arch=cfg.arch, width=cfg.width,
                             depth=cfg.depth, omega0=cfg.omega0, first_omega0=cfg.first_omega0)
+    # One memory plan (DESIGN §10) before the run directory exists: no plan fits -> exit 2.
+    plan = _memory_plan(cfg, store, model_cfg, teacher_cfg)
+    # Every option is checked above: only now does the run directory come to exist.
+    rd.open(store=str(store.path))  # creates it, takes its lock (a second fit here exits 2)
     model = build_model(model_cfg).to(device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.steps, eta_min=cfg.lr_min)
@@ -260,14 +331,14 @@ def fit(
     data_range = _data_range(store)
     T = cfg.steps
 
-    out_of_core = in_core_bytes(store) > cfg.memory_budget
+    out_of_core = not plan.in_core
+    max_batch = plan.batch  # samples per forward/backward; larger selections accumulate (train_step)
     if out_of_core:
-        from .teach.rounds import OutOfCoreTeacher
+        from .teach.rounds import rounds_teacher
 
-        teacher = OutOfCoreTeacher(teacher_cfg, store, T, gen, model_cfg=model_cfg, device=device,
-                                   memory_budget=cfg.memory_budget, scheduler=cfg.scheduler,
-                                   round_steps=cfg.round_steps, round_chunks=cfg.round_chunks)
-        eval_coords = eval_targets = None
+        teacher = rounds_teacher(teacher_cfg, store, T, gen, model_cfg=model_cfg, device=device,
+                                 round_chunks=plan.round_chunks, max_samples=plan.round_samples,
+                                 score_batch=plan.score_batch, scheduler=cfg.scheduler)
     else:
         from .teach.incore import InCoreTeacher
 
@@ -279,33 +350,34 @@ def fit(
             coords_t, targets_t = coords_t.pin_memory(), targets_t.pin_memory()
         coords_t = coords_t.to(device, non_blocking=True)
         targets_t = targets_t.to(device, non_blocking=True)
-        teacher = InCoreTeacher(teacher_cfg, coords_t, targets_t, T, gen)
-        eval_coords, eval_targets = coords_t, targets_t
+        teacher = InCoreTeacher(teacher_cfg, coords_t, targets_t, T, gen, score_batch=plan.score_batch)
 
     def current_psnr() -> float | None:
-        """PSNR of the current weights over every sample (in core) or the teacher's estimate."""
-        if eval_coords is None:
-            mse = teacher.estimated_mse()
-            return None if mse is None else psnr_from_mse(mse, data_range)
-        pred = predict(model, eval_coords)
-        return psnr_from_mse(float((pred - eval_targets).square().mean()), data_range)
+        """PSNR of the current weights: measured over every sample in core, estimated from
+        the teacher's per-chunk statistics out of core (``psnr_measured`` says which)."""
+        mse, _ = teacher.train_mse(model)
+        return None if mse is None else psnr_from_mse(mse, data_range)
+
+    psnr_measured = not teacher.out_of_core  # in core every logged PSNR is over every sample
 
     start, train_seconds, summary_psnr = 0, 0.0, None
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         sched.load_state_dict(ck["lr_scheduler"])
+        if T > ck["fit_config"]["steps"]:  # a finished run extended with a larger --steps
+            _extend_cosine(opt, sched, int(ck["step"]), T)
         teacher.load_state_dict(ck["teacher"])
         gen.set_state(ck["teacher"]["generator"])
         _set_rng_state(ck["rng"])
         start = int(ck["step"])
         train_seconds = float(ck["summary"]["train_seconds"])
         summary_psnr = ck["summary"].get("train_psnr")
-    log_path = run_dir / LOG_NAME
-    _truncate_log(log_path, start)
-    (run_dir / CONFIG_NAME).write_text(json.dumps({"fit": cfg.to_dict(), "teacher": teacher_cfg.to_dict(),
+    train_seconds_before = train_seconds  # by earlier processes of this run
+    rd.truncate_log(start)
+    rd.write_text(CONFIG_NAME, json.dumps({"fit": cfg.to_dict(), "teacher": teacher_cfg.to_dict(),
                                                    "model": model_cfg.to_dict(), "store": str(store.path),
-                                                   "out_of_core": out_of_core}, indent=1))
+                                                   "out_of_core": out_of_core, "plan": plan.to_dict(terms=True)}, indent=1))
 
     def checkpoint(step: int, psnr: float | None) -> None:
         save_checkpoint(ck_path, {
@@ -320,26 +392,18 @@ def fit(
         })
 
     stop_reason, step, done = None, start, start
-    observe = getattr(teacher, "observe", None)
     last_ck = time.perf_counter()
     psnr = summary_psnr
-    with open(log_path, "a") as log, _Stop() as stopper, Progress(T, "fit", enabled=progress) as bar:
-        bar.done = start
+    with rd.open_append(LOG_NAME) as log, _Stop() as stopper, Progress(T, "fit", enabled=progress, initial=start, unit="step") as bar:
         for step in range(start, T):
             t0 = time.perf_counter()
-            x, y, info = teacher.batch(step, model)
+            batch = teacher.batch(step, model)
             opt.zero_grad(set_to_none=True)
-            out = model(x)
-            if info.get("weight") is None:
-                loss = torch.nn.functional.mse_loss(out, y)
-            else:  # importance-weighted: an unbiased estimate of the full-signal MSE
-                loss = (info["weight"][:, None] * (out - y).square()).mean()
-            loss.backward()
-            if observe is not None:
-                observe(out)
+            loss_value = train_step(model, batch, teacher.observe, max_batch)  # syncs: the timing is honest
+            if teacher.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), teacher.grad_clip)
             opt.step()
             sched.step()
-            loss_value = float(loss.detach())  # syncs the device, so the timing below is honest
             train_seconds += time.perf_counter() - t0
             done = step + 1
             # PSNR of the weights *before* this update came free with a full selection;
@@ -349,14 +413,14 @@ def fit(
                 psnr = current_psnr()
                 log.write(json.dumps({"step": done, "wall": round(time.perf_counter() - t_wall, 4),
                                       "train_seconds": round(train_seconds, 4), "loss": loss_value,
-                                      "psnr": psnr, "ratio": info["ratio"], "interval": info["interval"],
+                                      "psnr": psnr, "psnr_measured": psnr_measured, "ratio": batch.ratio,
+                                      "interval": batch.interval,
                                       "lr": sched.get_last_lr()[0]}) + "\n")
                 log.flush()
-            bar.update(1, f"{done / max(train_seconds, 1e-9):.1f} step/s psnr {psnr if psnr is None else round(psnr, 2)} "
-                          f"ratio {info['ratio']:.2f}")
+            bar.update(1, psnr=psnr, ratio=batch.ratio)
             if stopper.signum is not None:
                 stop_reason = signal.Signals(stopper.signum).name
-            elif cfg.time_budget is not None and train_seconds >= cfg.time_budget:
+            elif cfg.time_budget is not None and train_seconds - train_seconds_before >= cfg.time_budget:
                 stop_reason = "time_budget"
             elif cfg.target_psnr is not None and logged and psnr is not None and psnr >= cfg.target_psnr:
                 stop_reason = "target_psnr"
@@ -374,9 +438,7 @@ def fit(
             if start >= T:
                 psnr = current_psnr()
             checkpoint(done, psnr)
-    close = getattr(teacher, "close", None)
-    if close:
-        close()
+    teacher.close()
     return {
         "stage": "fit",
         "run_dir": str(run_dir),
@@ -387,22 +449,77 @@ def fit(
         "steps": done,
         "total_steps": T,
         "out_of_core": out_of_core,
+        "plan": plan.to_dict(),
+        "peak_rss_bytes": peak_rss_bytes(),
         "train_seconds": round(train_seconds, 3),
         "wall_seconds": round(time.perf_counter() - t_wall, 3),
-        "steps_per_second": round((done - start) / max(train_seconds, 1e-9), 2) if start < T else None,
+        "steps_per_second": round((done - start) / max(train_seconds - train_seconds_before, 1e-9), 2) if start < T else None,
+        "resumed_from_step": start if ck is not None else None,
+        "steps_this_process": done - start,
+        "train_seconds_this_process": round(train_seconds - train_seconds_before, 3),
         "train_psnr": psnr,
+        "train_psnr_measured": psnr_measured,
         "params": count_params(model),
         "stopped": stop_reason,
         "interrupted": stop_reason if stop_reason in ("SIGTERM", "SIGINT") else None,
     }
 
 
-def _truncate_log(path: Path, step: int) -> None:
-    """Drop log lines past the checkpoint being resumed (they will be redone)."""
-    if not path.exists():
-        return
-    if step == 0:
-        path.unlink()
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in keep))
+def train_step(model, batch, observe, max_batch: int) -> float:
+    """Forward and backward over ``batch``'s parts, at most ``max_batch`` samples at a time.
+
+    The loss is ``sum(weight * (out - y)^2) / (n C)`` over all of the step's samples, so the
+    accumulated gradient is exactly the one of a single pass over the whole selection (the
+    plain MSE, or with importance weights its unbiased estimate), whatever the pieces.
+    ``observe`` gets each part's predictions. Returns the loss (syncs the device).
+    """
+    import torch
+
+    total = 0.0
+    for x, y, w in batch.parts:
+        scale = 1.0 / (batch.n * y.shape[1])
+        preds = []
+        for s in range(0, x.shape[0], max_batch):
+            out = model(x[s : s + max_batch])
+            sq = (out - y[s : s + max_batch]).square()
+            if w is not None:  # importance weights: an unbiased estimate of the full-signal MSE
+                sq = w[s : s + max_batch, None] * sq
+            loss = sq.sum() * scale
+            loss.backward()
+            total += float(loss.detach())
+            preds.append(out.detach())
+        observe(preds[0] if len(preds) == 1 else torch.cat(preds))
+    return total
+
+
+@contextlib.contextmanager
+def _option_errors():
+    """A ValueError from resolving options is bad usage (InputError, exit 2), not a crash."""
+    try:
+        yield
+    except InputError:
+        raise
+    except ValueError as exc:
+        raise InputError(None, " ".join(str(exc).split())) from None
+
+
+def _check_run_dir(run_dir: Path, store: SignalStore) -> None:
+    """Refuse a run directory that is the store or lies inside it (it would corrupt the store)."""
+    src, out = Path(store.path).resolve(), run_dir.resolve()
+    if out == src or src in out.parents:
+        raise InputError(run_dir, f"run directory would be written inside the store {src}")
+
+
+def _extend_cosine(opt, sched, step: int, total: int) -> None:
+    """Continue a finished run's cosine LR decay as the one of a ``total``-step run.
+
+    The LR at ``step`` becomes that of step ``step`` of a ``total``-step schedule (half the
+    initial LR when T doubles) and decays to ``lr_min`` at ``total``: the extra steps train
+    as the end of a longer run would, rather than creeping along at ``lr_min``.
+    """
+    sched.T_max = total
+    lrs = [sched.eta_min + (base - sched.eta_min) * (1 + math.cos(math.pi * step / total)) / 2
+           for base in sched.base_lrs]
+    for group, lr in zip(opt.param_groups, lrs):
+        group["lr"] = lr
+    sched._last_lr = lrs

@@ -26,13 +26,13 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from .topk import Candidates, chunk_error, chunk_topk, combine_topk
 
-__all__ = ["ModelState", "model_state", "round_graph", "round_topk", "score_chunk"]
+__all__ = ["Draws", "ModelState", "draw_chunk", "model_state", "round_draws", "round_graph", "round_topk", "score_chunk"]
 
 # How many distinct model versions a process keeps built (current round + prefetch of next).
 _MODEL_CACHE_SIZE = 2
@@ -283,14 +283,19 @@ def round_graph(
         )
         for i, (sl, keep) in enumerate(zip(slices_list, keeps))
     ]
+    return _tree(level, _combine, (merge_k,), split_every, f"intstream-topk-{name}")
+
+
+def _tree(level: list, combine, args: tuple, split_every: int, name: str):
+    """A real reduction tree: each node merges at most ``split_every`` children, until one
+    is left (the root always runs, so a one-chunk round is shaped like any other)."""
+    import dask
+
     depth = 0
-    # A real tree: each node merges at most split_every children, until one is left (the
-    # root always runs, so a one-chunk round is capped to k and shaped the same).
     while True:
         level = [
-            dask.delayed(_combine, pure=True)(
-                level[i : i + split_every], merge_k, dask_key_name=f"intstream-topk-{name}-{depth}-{i // split_every}"
-            )
+            dask.delayed(combine, pure=True)(level[i : i + split_every], *args,
+                                             dask_key_name=f"{name}-{depth}-{i // split_every}")
             for i in range(0, len(level), split_every)
         ]
         depth += 1
@@ -334,8 +339,6 @@ def round_topk(
         The selection, ordered by (error desc, index asc), and one statistics dict per
         chunk, in ``chunk_slices`` order (see `score_chunk`).
     """
-    import dask
-
     graph = round_graph(
         store_path,
         chunk_slices,
@@ -348,9 +351,18 @@ def round_topk(
         batch=batch,
         device=device,
     )
+    cands, stats = _compute(graph, scheduler, num_workers)
+    return cands, sorted(stats, key=lambda s: s["chunk"])
+
+
+def _compute(graph, scheduler, num_workers):
+    """Compute a round's graph on local threads (torch threads shared out), another local
+    scheduler, or a ``distributed.Client``."""
+    import dask
+
     if scheduler is not None and not isinstance(scheduler, str):  # a distributed Client
-        cands, stats = scheduler.compute(graph).result()
-    elif scheduler in (None, "threads"):
+        return scheduler.compute(graph).result()
+    if scheduler in (None, "threads"):
         import torch
 
         workers = 1 if num_workers is None else max(1, int(num_workers))
@@ -358,10 +370,128 @@ def round_topk(
         cores = os.cpu_count() or 1
         torch.set_num_threads(max(1, cores // workers) if workers > 1 else before)
         try:
-            (cands, stats) = dask.compute(graph, scheduler="threads", num_workers=workers)[0]
+            return dask.compute(graph, scheduler="threads", num_workers=workers)[0]
         finally:
             torch.set_num_threads(before)
-    else:
-        (cands, stats) = dask.compute(graph, scheduler=scheduler, num_workers=num_workers)[0]
-    stats = sorted(stats, key=lambda s: s["chunk"])
-    return cands, stats
+    return dask.compute(graph, scheduler=scheduler, num_workers=num_workers)[0]
+
+
+class Draws(NamedTuple):
+    """Importance draws of one chunk or of a merge (concatenated in chunk order).
+
+    Attributes
+    ----------
+    index
+        ``(k,)`` int64 global flat indices (with repeats: draws are with replacement).
+    target
+        ``(k, C)`` float32 normalised targets.
+    p_local
+        ``(k,)`` float64 probability of each draw within its chunk.
+    chunk
+        ``(k,)`` int64 position of the draw's chunk in the round's chunk list.
+    """
+
+    index: np.ndarray
+    target: np.ndarray
+    p_local: np.ndarray
+    chunk: np.ndarray
+
+
+def draw_chunk(
+    ms: ModelState,
+    store_path: str,
+    slices: tuple[slice, ...],
+    n_draws: int,
+    seed: int,
+    *,
+    uniform_share: float,
+    chunk_id: int = 0,
+    score_dtype: str | None = None,
+    batch: int = 65536,
+    device: str = "cpu",
+) -> tuple[Draws, list[dict]]:
+    """Score one chunk and draw ``n_draws`` of its samples by importance (leaf of `round_draws`).
+
+    Each sample is drawn with probability ``(1 - a) e / sum(e) + a / n`` (``e`` its L1
+    error under the snapshot, ``a`` = ``uniform_share``), with replacement, from a NumPy
+    generator seeded by ``seed`` (so the draws do not depend on where the task runs).
+
+    Returns
+    -------
+    (Draws, [stats])
+        The draws (``chunk`` = ``chunk_id``) and the chunk's error statistics as in `score_chunk`.
+    """
+    import torch
+
+    from ..models import predict
+
+    store = _cached_store(store_path)
+    model = _cached_model(ms, device)
+    coords, targets = store.block_samples(slices)
+    dtype = torch.bfloat16 if _dtype_name(score_dtype) == "bfloat16" else None
+    pred = predict(model, torch.from_numpy(coords), batch=batch, dtype=dtype).cpu().numpy()
+    err = chunk_error(pred, targets).astype(np.float64)
+    n = err.shape[0]
+    total = float(err.sum())
+    a = float(uniform_share) if total > 0 else 1.0
+    p = (1.0 - a) * err / max(total, 1e-300) + a / n
+    rng = np.random.default_rng(int(seed))
+    local = rng.choice(n, size=int(n_draws), replace=True, p=p / p.sum()) if n_draws else np.empty(0, np.int64)
+    block_shape = tuple(sl.stop - sl.start for sl in slices)
+    glob = tuple(ix + sl.start for ix, sl in zip(np.unravel_index(local, block_shape), slices))
+    index = np.ravel_multi_index(glob, store.shape).astype(np.int64) if n_draws else local.astype(np.int64)
+    draws = Draws(index, targets[local], p[local], np.full(len(local), chunk_id, np.int64))
+    stats = {"chunk": int(chunk_id), "n": int(n), "sum": total, "mean": total / n if n else 0.0,
+             "sq_sum": float(np.square(pred - targets, dtype=np.float64).sum())}
+    return draws, [stats]
+
+
+def _concat_draws(parts: list) -> tuple[Draws, list[dict]]:
+    """Tree node: concatenate children's draws (in chunk order) and their stats."""
+    draws = [p[0] for p in parts]
+    merged = Draws(*(np.concatenate([getattr(d, f) for d in draws]) for f in Draws._fields))
+    return merged, [s for p in parts for s in p[1]]
+
+
+def round_draws(
+    store_path: str | os.PathLike,
+    chunk_slices: Sequence[tuple[slice, ...]],
+    ms: ModelState,
+    n_draws: Sequence[int],
+    seeds: Sequence[int],
+    *,
+    uniform_share: float,
+    split_every: int = 8,
+    score_dtype=None,
+    batch: int = 65536,
+    device: str = "cpu",
+    scheduler=None,
+    num_workers: int | None = None,
+) -> tuple[Draws, list[dict]]:
+    """Score a round's chunks, each drawing its own samples by error (`draw_chunk`), and
+    merge the draws by a tree of ``split_every``-wide concatenations.
+
+    Only the draws and each chunk's error sums leave the chunk tasks. Returns the draws in
+    ``chunk_slices`` order and one statistics dict per chunk (``chunk`` = position in
+    ``chunk_slices``).
+    """
+    import dask
+    from dask.base import tokenize
+
+    slices_list = [_normalise_slices(s) for s in chunk_slices]
+    if not slices_list or len(n_draws) != len(slices_list) or len(seeds) != len(slices_list):
+        raise ValueError("round_draws needs one draw count and one seed per chunk, and at least one chunk")
+    dtype_name = _dtype_name(score_dtype)
+    store_path = os.fspath(store_path)
+    name = tokenize(ms.token, os.path.abspath(store_path), slices_list, list(n_draws), list(seeds),
+                    uniform_share, dtype_name, batch, device)
+    ms_node = dask.delayed(ms, name=f"intstream-model-{ms.token}", traverse=False)
+    level = [
+        dask.delayed(draw_chunk, pure=True)(
+            ms_node, store_path, sl, int(k), int(seed), uniform_share=float(uniform_share), chunk_id=i,
+            score_dtype=dtype_name, batch=batch, device=device, dask_key_name=f"intstream-draw-{name}-{i}")
+        for i, (sl, k, seed) in enumerate(zip(slices_list, n_draws, seeds))
+    ]
+    graph = _tree(level, _concat_draws, (), split_every, f"intstream-draws-{name}")
+    draws, stats = _compute(graph, scheduler, num_workers)
+    return draws, sorted(stats, key=lambda s: s["chunk"])

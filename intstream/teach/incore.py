@@ -12,6 +12,7 @@ import torch
 
 from ..models import predict
 from .config import TeacherConfig
+from .protocol import Batch
 from .schedules import interval_at, ratio_at, select_count, selection_steps
 from .topk import topk_indices
 
@@ -31,10 +32,17 @@ class InCoreTeacher:
         T, for the schedules.
     generator
         Source of randomness for random shares (the training loop checkpoints its state).
+    score_batch
+        Samples per no-grad scoring forward (bounds its activation memory).
     """
 
-    def __init__(self, cfg: TeacherConfig, coords: torch.Tensor, targets: torch.Tensor, total_steps: int, generator: torch.Generator):
+    grad_clip = None
+    out_of_core = False
+
+    def __init__(self, cfg: TeacherConfig, coords: torch.Tensor, targets: torch.Tensor, total_steps: int,
+                 generator: torch.Generator, *, score_batch: int = 65536):
         self.cfg = cfg
+        self.score_batch = score_batch
         self.coords = coords
         self.targets = targets
         self.n = coords.shape[0]
@@ -51,25 +59,28 @@ class InCoreTeacher:
     def k_at(self, step: int) -> int:
         return select_count(ratio_at(self.cfg.ratio_schedule, step, self.total_steps, self.cfg.ratio), self.n)
 
-    def batch(self, step: int, model: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor, dict]:
-        """The ``(x, y)`` to train on at ``step`` and what was decided.
-
-        The info dict holds ``ratio``, ``interval``, ``selected`` (bool) and ``weight``
-        (per-sample loss weights, or None for a plain mean).
-        """
-        info = {"ratio": None, "interval": interval_at(self.cfg.interval_schedule, step, self.total_steps),
-                "selected": False, "weight": None}
+    def batch(self, step: int, model: torch.nn.Module) -> Batch:
+        """The samples to train on at ``step``, selecting anew when the schedule says so."""
+        interval = interval_at(self.cfg.interval_schedule, step, self.total_steps)
         k = self.k_at(step)
-        info["ratio"] = k / self.n
-        if k >= self.n and self.cfg.strategy in ("full",):
+        selected = False
+        if k >= self.n and self.cfg.strategy == "full":
             self.index = None
         elif step in self._select_at or self.index is None:
-            info["selected"] = True
+            selected = True
             self.index = self._select(model, k)
         if self.index is None:
-            return self.coords, self.targets, info
-        info["weight"] = self.weight
-        return self.coords[self.index], self.targets[self.index], info
+            return Batch([(self.coords, self.targets, None)], self.n, k / self.n, interval, selected)
+        part = (self.coords[self.index], self.targets[self.index], self.weight)
+        return Batch([part], int(self.index.shape[0]), k / self.n, interval, selected)
+
+    def train_mse(self, model: torch.nn.Module) -> tuple[float, bool]:
+        """MSE of the current weights over every sample (measured)."""
+        pred = predict(model, self.coords, batch=self.score_batch)
+        return float((pred - self.targets).square().mean()), True
+
+    def close(self) -> None:
+        pass
 
     def _errors(self, model) -> torch.Tensor:
         """Per-sample error scores: fresh over all samples, or the estimates (pool < 1)."""
@@ -78,10 +89,10 @@ class InCoreTeacher:
             m = max(1, math.ceil(self.cfg.pool * self.n))
             idx = torch.arange(self.cursor, self.cursor + m, device=self.coords.device) % self.n
             self.cursor = (self.cursor + m) % self.n
-            pred = predict(model, self.coords[idx], dtype=self.score_dtype)
+            pred = predict(model, self.coords[idx], batch=self.score_batch, dtype=self.score_dtype)
             self.cache[idx] = (pred - self.targets[idx]).abs_().sum(dim=1)
             return self.cache
-        pred = predict(model, self.coords, dtype=self.score_dtype)
+        pred = predict(model, self.coords, batch=self.score_batch, dtype=self.score_dtype)
         return (pred - self.targets).abs_().sum(dim=1)
 
     def _sample(self, model, k: int) -> torch.Tensor:

@@ -1,86 +1,81 @@
-"""Out-of-core teaching: rounds over groups of Zarr chunks (DESIGN §5).
+"""Out-of-core teaching: rounds over groups of Zarr chunks (DESIGN §5, §11).
 
-Each round the teacher
+Every strategy means what it means in core, read from the store chunk by chunk:
 
-1. picks a group of chunks: a share of the least recently scored ones (never-seen first,
-   so every chunk is revisited within ``ceil(n_chunks / n_oldest)`` rounds) and the rest
-   by their last measured mean error (the chunk-level top-k);
-2. has Dask score those chunks with a snapshot of the weights -- each chunk task returns
-   only its local top-k candidates -- and merge them by a tree reduction into the round's
-   global top-k (`intstream.teach.graph`); the next round is scored in the background
-   while this one trains (with the weights of this round's start: one round stale);
-3. trains ``round_steps`` steps on the selected samples (the whole selection per step when
-   it fits ``max_batch``, else mini-batches drawn from it);
-4. updates the per-chunk statistics from what the scoring measured.
+``intstream`` (importance weighting, the default) and ``random``
+    Each selection is a round. Chunk level: the round draws ``G`` chunks with replacement,
+    with probability ``q_c = (1 - a) E_c / sum(E) + a n_c / N`` from each chunk's
+    estimated error mass ``E_c`` (never-scored chunks count as the largest), so every
+    chunk keeps being visited. Sample level: each drawn chunk's Dask task scores the whole
+    chunk with a snapshot of the weights and draws its share of the round's samples with
+    ``p = (1 - a) e / sum(e) + a / n_c`` (`graph.draw_chunk`); only the draws and the
+    chunk's error sums leave the task, merged by a ``split_every`` tree. Each draw is
+    weighted ``1 / (N q_c p)`` (exactly: ``k m_c / (N G q_c k_c p)``, ``m_c`` times drawn,
+    ``k_c`` samples), so the step's loss is an unbiased estimate of the full-signal MSE
+    whatever the staleness of the estimates. The training forward refreshes ``E_c`` (an
+    importance estimate of the chunk's error mass under the current weights), the next
+    round is drawn and scored in the background while this one trains, and selections
+    follow the same interval and ratio schedules as in core. ``random`` is the same with
+    ``a = 1`` (uniform draws, unit weights).
+``int``
+    The paper's mini-batch INT (DESIGN §4): the chunks are split into fixed mini-batches
+    (strided chunk groups, so each covers the signal evenly); step ``t`` trains mini-batch
+    ``t mod M`` (one optimiser step per mini-batch), epoch ``t // M`` drives the paper's
+    ratio and interval schedules, each mini-batch keeps **its own** cached top-k subset
+    (the reference code's reuse of the last mini-batch's subset is not copied), and
+    gradients are clipped to norm 0.1 as in the paper's megapixel run.
+``full``
+    Every sample every step, streamed chunk group by chunk group (the loop accumulates
+    the exact full-signal gradient).
 
-Memory is bounded by the round (candidates + one chunk per scoring thread), set from the
-memory budget, never by the signal.
-
-Within a round the selection is the paper's rule (top-k of the round, plus the teacher's
-random share); the in-core teacher's importance weighting and scoring pool do not apply
-here yet: a chunk task would have to draw its samples by error itself.
+Memory is bounded by the round (the draws, one chunk per scoring thread, one chunk group
+while streaming), never by the signal.
 """
 
 from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
+from ..errors import InputError
 from ..store import SignalStore
-from .graph import model_state, round_topk
-from .schedules import ratio_at
+from .graph import model_state, round_draws, round_topk
+from .protocol import Batch
+from .schedules import interval_at, ratio_at, select_count, selection_steps
 
-__all__ = ["OutOfCoreTeacher", "plan_round_size"]
-
-OLDEST_SHARE = 0.25  # of each round's chunks, taken by staleness rather than error
+__all__ = ["rounds_teacher", "ImportanceRounds", "MiniBatchINT", "FullRounds", "plan_round_size"]
 
 
 def plan_round_size(store: SignalStore, memory_budget: int, width: int, depth: int) -> tuple[int, int]:
-    """``(chunks per round, max training batch)`` that keep a round within the budget.
+    """``(chunks per round, max samples per round)`` of the memory plan for ``store`` in rounds.
 
-    A training step holds about ``width * depth * 16`` bytes of activations and gradients
-    per sample; the round's candidates ``(8 + 4 (C + d))`` bytes per sample. Half the
-    budget goes to each.
+    A thin view of `intstream.plan.plan_fit` (forced out of core, the default teacher, the
+    MLP's parameter count): the planner owns every estimate (DESIGN §10).
     """
-    per_train = width * depth * 16
-    max_batch = max(1024, min(1 << 20, (memory_budget // 2) // per_train))
-    per_cand = 8 + 4 * (store.channels + store.ndim) + 4 * store.channels
-    chunk_samples = math.prod(store.chunks)
-    round_chunks = max(1, min(len(store.chunk_slices()), (memory_budget // 2) // max(1, per_cand * chunk_samples)))
-    # More chunks than ~4 training batches of candidates only costs scoring time.
-    round_chunks = max(1, min(round_chunks, math.ceil(4 * max_batch / chunk_samples)))
-    return round_chunks, max_batch
+    from ..plan import plan_fit
+
+    params = (store.ndim + 1) * width + (depth - 2) * (width + 1) * width + (width + 1) * store.channels
+    plan = plan_fit(memory_budget, n_samples=store.n_samples, ndim=store.ndim, channels=store.channels,
+                    itemsize=np.dtype(store.meta["dtype"]).itemsize, chunk_samples=math.prod(store.chunks),
+                    n_chunks=len(store.chunk_slices()), width=width, depth=depth, params=params,
+                    out_of_core=True)
+    return plan.round_chunks, plan.round_samples
 
 
-class OutOfCoreTeacher:
-    """Selects training batches from a store too large for memory, round by round.
+class _Rounds:
+    """What every out-of-core teacher shares: the store, per-chunk statistics, snapshots,
+    the Dask client and the estimated MSE."""
 
-    Parameters
-    ----------
-    cfg
-        The `TeacherConfig` (ratio schedule, random share, scoring precision).
-    store
-        The signal store.
-    total_steps
-        T.
-    generator
-        Randomness for chunk tie-breaks, random shares and mini-batches (checkpointed).
-    model_cfg, device
-        To snapshot the model for the chunk tasks.
-    memory_budget
-        Bytes; sets chunks per round and the training batch.
-    scheduler
-        None (local threads) or a dask.distributed scheduler address.
-    round_steps, round_chunks
-        Override the plan (None = defaults).
-    """
+    grad_clip: float | None = None
+    out_of_core = True
 
     def __init__(self, cfg, store: SignalStore, total_steps: int, generator: torch.Generator, *, model_cfg, device,
-                 memory_budget: int, scheduler: str | None = None, round_steps: int | None = None,
-                 round_chunks: int | None = None, prefetch: bool = True):
+                 round_chunks: int, max_samples: int, score_batch: int = 65536, scheduler: str | None = None,
+                 prefetch: bool = True):
         self.cfg = cfg
         self.store = store
         self.total_steps = total_steps
@@ -90,160 +85,281 @@ class OutOfCoreTeacher:
         self.slices = store.chunk_slices()
         self.n_chunks = len(self.slices)
         self.chunk_sizes = np.array([math.prod(s.stop - s.start for s in sl) for sl in self.slices], dtype=np.int64)
-        planned_chunks, self.max_batch = plan_round_size(store, memory_budget, model_cfg.width, model_cfg.depth)
-        self.round_chunks = min(self.n_chunks, round_chunks or planned_chunks)
-        self.round_steps = round_steps or 10
-        self.n_oldest = max(1, math.ceil(OLDEST_SHARE * self.round_chunks))
-        # Per-chunk statistics: last mean L1 error (inf = never seen), last MSE, round last scored.
-        self.mean_error = np.full(self.n_chunks, np.inf)
+        self.n = int(self.chunk_sizes.sum())
+        self.round_chunks = max(1, min(self.n_chunks, int(round_chunks)))
+        self.max_samples = max(1, int(max_samples))
+        self.score_batch = score_batch
+        self.score_dtype = cfg.score_dtype if cfg.score_dtype == "bfloat16" else None
+        # Per chunk: estimated error mass (sum of L1 errors; nan = never scored), mean
+        # squared error per value (nan = unknown), and the round it was last scored in.
+        self.err_mass = np.full(self.n_chunks, np.nan)
         self.mean_sq = np.full(self.n_chunks, np.nan)
         self.last_round = np.full(self.n_chunks, -1, dtype=np.int64)
-        self.order = torch.randperm(self.n_chunks, generator=generator).numpy()  # tie-break among unseen
         self.round = 0
-        self.round_start = None  # step the current round started at
-        self.cands = None  # (coords tensor, targets tensor) of the current round
-        self.score_dtype = cfg.score_dtype if cfg.score_dtype == "bfloat16" else None
         self._client = None
         if scheduler:
             from distributed import Client
 
             self._client = Client(scheduler)
         self._pool = ThreadPoolExecutor(1) if prefetch else None
-        self._pending = None  # (round, chunk ids, snapshot, top-k ratio, future)
 
-    # -- chunk level ---------------------------------------------------------------
-    def _pick_chunks(self) -> np.ndarray:
-        """This round's chunk ids: the stalest share, then the highest last mean error."""
-        g = self.round_chunks
-        # Staleness: never-seen first (in a seeded random order), then oldest round.
-        rank = np.lexsort((np.argsort(self.order), self.last_round))
-        oldest = rank[: self.n_oldest]
-        rest = np.setdiff1d(np.arange(self.n_chunks), oldest, assume_unique=False)
-        if g > len(oldest) and len(rest):
-            err = np.where(np.isinf(self.mean_error[rest]), np.finfo(float).max, self.mean_error[rest])
-            by_error = rest[np.lexsort((rest, -err))][: g - len(oldest)]
-            picked = np.concatenate([oldest, by_error])
-        else:
-            picked = oldest[:g]
-        return np.sort(picked)
+    @property
+    def _score_device(self) -> str:
+        # Local threads score on the training device; distributed workers on their own CPUs.
+        return "cpu" if self._client is not None else str(self.device)
 
-    def _score(self, chunk_ids: np.ndarray, snapshot, k_ratio: float):
-        slices = [self.slices[i] for i in chunk_ids]
-        n = sum(math.prod(s.stop - s.start for s in sl) for sl in slices)
-        k = max(1, math.floor(k_ratio * n))
-        # Local threads score on the training device (the GPU when there is one);
-        # distributed workers score on their own CPUs, next to the data.
-        device = "cpu" if self._client is not None else str(self.device)
-        return round_topk(self.store.path, slices, None, snapshot, k, score_dtype=self.score_dtype,
-                          scheduler=self._client, device=device)
+    def _snapshot(self, model):
+        return model_state(self.model_cfg, model.state_dict())
 
-    def _start_round(self, step: int, model) -> None:
-        ratio = ratio_at(self.cfg.ratio_schedule, step, self.total_steps, self.cfg.ratio)
-        if self._pending is not None and self._pending[0] == self.round:
-            _, chunk_ids, _, _, fut = self._pending
-            cands, stats = fut.result()
-        else:
-            chunk_ids = self._pick_chunks()
-            snap = model_state(self.model_cfg, model.state_dict())
-            cands, stats = self._score(chunk_ids, snap, self._topk_ratio(ratio))
-        self._pending = None
-        for s, cid in zip(stats, chunk_ids):
-            self.mean_error[cid] = s["mean"]
-            if "sq_sum" in s:
-                self.mean_sq[cid] = s["sq_sum"] / max(1, s["n"] * self.store.channels)
+    def _record(self, chunk_ids: np.ndarray, stats: list[dict]) -> None:
+        for s in stats:
+            cid = chunk_ids[s["chunk"]]
+            self.err_mass[cid] = s["sum"]
+            self.mean_sq[cid] = s["sq_sum"] / max(1, s["n"] * self.store.channels)
             self.last_round[cid] = self.round
-        index, target = cands.index, cands.target
-        n_random = round(self.cfg.random_share * len(index))
-        if n_random:
-            index, target = self._mix_random(chunk_ids, index, target, n_random)
+
+    def _part(self, index: np.ndarray, target: np.ndarray):
         coords = torch.from_numpy(self.store.coords_at(index)).to(self.device)
-        self.cands = (coords, torch.from_numpy(np.ascontiguousarray(target)).to(self.device))
-        self.round_start = step
-        self.round += 1
-        if self._pool is not None:
-            # Prefetch: choose and score the next round now, with this round's starting weights.
-            nxt = self._pick_chunks()
-            snap = model_state(self.model_cfg, model.state_dict())
-            nxt_ratio = ratio_at(self.cfg.ratio_schedule, min(step + self.round_steps, self.total_steps - 1),
-                                 self.total_steps, self.cfg.ratio)
-            fut = self._pool.submit(self._score, nxt, snap, self._topk_ratio(nxt_ratio))
-            self._pending = (self.round, nxt, snap, nxt_ratio, fut)
+        return coords, torch.from_numpy(np.ascontiguousarray(target, dtype=np.float32)).to(self.device)
 
-    def _topk_ratio(self, ratio: float) -> float:
-        # The random share replaces part of the top-k; score only what top-k keeps.
-        return ratio * (1.0 - self.cfg.random_share) if self.cfg.random_share < 1 else 0.0
+    def observe(self, pred: torch.Tensor) -> None:
+        pass
 
-    def _mix_random(self, chunk_ids, index, target, n_random):
-        """Add ``n_random`` uniform samples from the round's chunks (not already selected)."""
-        picks = []
-        sizes = self.chunk_sizes[chunk_ids]
-        total = int(sizes.sum())
-        local = torch.randint(0, total, (n_random * 2,), generator=self.generator).numpy()
-        bounds = np.concatenate([[0], np.cumsum(sizes)])
-        for j, cid in enumerate(chunk_ids):
-            sel = local[(local >= bounds[j]) & (local < bounds[j + 1])] - bounds[j]
-            if len(sel):
-                flat = self.store.block_flat_index(self.slices[cid])[np.unique(sel)]
-                picks.append(flat)
-        extra = np.setdiff1d(np.concatenate(picks) if picks else np.empty(0, np.int64), index)[:n_random]
-        extra_t = self.store.targets_at(extra)
-        return np.concatenate([index, extra]), np.concatenate([target, extra_t])
-
-    # -- the loop's interface --------------------------------------------------------
-    def batch(self, step: int, model):
-        info = {"interval": self.round_steps, "selected": False}
-        if self.cands is None or step - self.round_start >= self.round_steps:
-            self._start_round(step, model)
-            info["selected"] = True
-        coords, targets = self.cands
-        info["ratio"] = ratio_at(self.cfg.ratio_schedule, step, self.total_steps, self.cfg.ratio)
-        n = coords.shape[0]
-        if n <= self.max_batch:
-            return coords, targets, info
-        pick = torch.randint(0, n, (self.max_batch,), generator=self.generator).to(coords.device)
-        return coords[pick], targets[pick], info
-
-    def estimated_mse(self) -> float | None:
-        """Sample-weighted mean of the chunks' last measured MSE (None before any)."""
+    def train_mse(self, model) -> tuple[float | None, bool]:
+        """Sample-weighted mean of the chunks' latest MSE estimates (None before any)."""
         seen = ~np.isnan(self.mean_sq)
         if not seen.any():
-            return None
+            return None, False
         sizes = self.chunk_sizes[seen].astype(np.float64)
-        return float((self.mean_sq[seen] * sizes).sum() / sizes.sum())
+        return float((self.mean_sq[seen] * sizes).sum() / sizes.sum()), False
 
-    def state_dict(self) -> dict:
-        state = {
-            "mean_error": torch.from_numpy(self.mean_error.copy()),
-            "mean_sq": torch.from_numpy(self.mean_sq.copy()),
-            "last_round": torch.from_numpy(self.last_round.copy()),
-            "order": torch.from_numpy(self.order.copy()),
-            "round": self.round,
-            "round_start": self.round_start,
-            "cands": None if self.cands is None else [t.cpu() for t in self.cands],
-            "pending": None,
-        }
-        if self._pending is not None:
-            rnd, ids, snap, ratio, _ = self._pending
-            state["pending"] = {"round": rnd, "chunks": torch.from_numpy(ids.copy()), "state": snap.state, "ratio": ratio}
-        return state
+    def _stats_state(self) -> dict:
+        return {"err_mass": torch.from_numpy(self.err_mass.copy()), "mean_sq": torch.from_numpy(self.mean_sq.copy()),
+                "last_round": torch.from_numpy(self.last_round.copy()), "round": self.round}
 
-    def load_state_dict(self, state: dict) -> None:
-        self.mean_error = state["mean_error"].numpy().copy()
+    def _load_stats(self, state: dict) -> None:
+        self.err_mass = state["err_mass"].numpy().copy()
         self.mean_sq = state["mean_sq"].numpy().copy()
         self.last_round = state["last_round"].numpy().copy()
-        self.order = state["order"].numpy().copy()
         self.round = int(state["round"])
-        self.round_start = state["round_start"]
-        self.cands = None if state["cands"] is None else tuple(t.to(self.device) for t in state["cands"])
-        pending = state.get("pending")
-        if pending is not None and self._pool is not None:
-            ids = pending["chunks"].numpy()
-            snap = model_state(self.model_cfg, pending["state"])
-            fut = self._pool.submit(self._score, ids, snap, self._topk_ratio(pending["ratio"]))
-            self._pending = (pending["round"], ids, snap, pending["ratio"], fut)
 
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self._client is not None:
             self._client.close()
+
+
+class _Plan(NamedTuple):
+    """One importance round, decided before it is scored (so it can be prefetched and resumed)."""
+
+    chunks: np.ndarray  # distinct chunk ids
+    times: np.ndarray  # m_c: how often each was drawn (of G)
+    draws: np.ndarray  # k_c: samples each draws
+    seeds: np.ndarray  # one NumPy seed per chunk task
+    q: np.ndarray  # chunk-level probabilities of the drawn chunks
+
+
+class ImportanceRounds(_Rounds):
+    """intstream's default teacher out of core (and ``random`` with ``a = 1``); see the module notes."""
+
+    def __init__(self, cfg, store, total_steps, generator, **kw):
+        super().__init__(cfg, store, total_steps, generator, **kw)
+        self.share = 1.0 if cfg.strategy == "random" else float(cfg.random_share)
+        # The in-core pool re-scores this share of the samples per selection; a round scores G chunks.
+        self.round_chunks = max(1, min(self.round_chunks, math.ceil(cfg.pool * self.n_chunks)))
+        self._select_at = set(selection_steps(cfg.interval_schedule, total_steps))
+        self.current = None  # (coords, targets, weight, chunk position, p_local, plan)
+        self._pending = None  # (plan, snapshot, future)
+
+    def _plan(self, step: int) -> _Plan:
+        ratio = ratio_at(self.cfg.ratio_schedule, min(step, self.total_steps - 1), self.total_steps, self.cfg.ratio)
+        k = max(self.round_chunks, min(select_count(ratio, self.n), self.max_samples))
+        per_sample = self.err_mass / self.chunk_sizes
+        seen = ~np.isnan(per_sample)
+        top = per_sample[seen].max() if seen.any() else 1.0
+        mass = np.where(seen, self.err_mass, max(top, 1e-12) * self.chunk_sizes)  # unseen: the largest
+        total = mass.sum()
+        a = self.share if total > 0 else 1.0
+        q = (1.0 - a) * mass / max(total, 1e-300) + a * self.chunk_sizes / self.n
+        picks = torch.multinomial(torch.from_numpy(q), self.round_chunks, replacement=True, generator=self.generator)
+        times = np.bincount(picks.numpy(), minlength=self.n_chunks)
+        chunks = np.nonzero(times)[0]
+        m = times[chunks]
+        draws = (k * m) // self.round_chunks
+        draws[: k - int(draws.sum())] += 1  # the remainder, deterministically
+        seeds = torch.randint(0, 2**62, (len(chunks),), generator=self.generator).numpy()
+        return _Plan(chunks, m, draws, seeds, q[chunks])
+
+    def _score(self, plan: _Plan, snapshot):
+        return round_draws(self.store.path, [self.slices[c] for c in plan.chunks], snapshot, plan.draws, plan.seeds,
+                           uniform_share=self.share, score_dtype=self.score_dtype, batch=self.score_batch,
+                           device=self._score_device, scheduler=self._client)
+
+    def _submit(self, plan: _Plan, snapshot) -> None:
+        fut = self._pool.submit(self._score, plan, snapshot)
+        self._pending = (plan, snapshot, fut)
+
+    def _select(self, step: int, model) -> None:
+        if self._pending is not None:
+            plan, _, fut = self._pending
+            draws, stats = fut.result()
+        else:
+            plan = self._plan(step)
+            draws, stats = self._score(plan, self._snapshot(model))
+        self._pending = None
+        self._record(plan.chunks, stats)
+        k = len(draws.index)
+        pos = draws.chunk
+        weight = k * plan.times[pos] / (self.n * self.round_chunks * plan.q[pos] * plan.draws[pos] * draws.p_local)
+        coords, targets = self._part(draws.index, draws.target)
+        self.current = (coords, targets, torch.from_numpy(weight.astype(np.float32)).to(self.device),
+                        torch.from_numpy(pos).to(self.device), torch.from_numpy(draws.p_local).to(self.device), plan)
+        self.round += 1
+        if self._pool is not None:  # the next round, drawn now and scored while this one trains
+            self._submit(self._plan(step + 1), self._snapshot(model))
+
+    def batch(self, step: int, model) -> Batch:
+        selected = self.current is None or step in self._select_at
+        if selected:
+            self._select(step, model)
+        coords, targets, weight = self.current[:3]
+        ratio = coords.shape[0] / self.n
+        interval = interval_at(self.cfg.interval_schedule, step, self.total_steps)
+        return Batch([(coords, targets, weight)], int(coords.shape[0]), ratio, interval, selected)
+
+    def observe(self, pred: torch.Tensor) -> None:
+        """Refresh the drawn chunks' error mass and MSE with importance estimates from the
+        training forward (the current weights, for free)."""
+        coords, targets, _, pos, p_local, plan = self.current
+        diff = pred.detach() - targets
+        n_pos = len(plan.chunks)
+        k_c = torch.from_numpy(plan.draws).to(diff.device, torch.float64)
+        err = torch.zeros(n_pos, dtype=torch.float64, device=diff.device)
+        sq = torch.zeros(n_pos, dtype=torch.float64, device=diff.device)
+        err.index_add_(0, pos, diff.abs().sum(1).double() / p_local)
+        sq.index_add_(0, pos, diff.square().sum(1).double() / p_local)
+        sizes = self.chunk_sizes[plan.chunks]
+        self.err_mass[plan.chunks] = (err / k_c).cpu().numpy()
+        self.mean_sq[plan.chunks] = (sq / k_c).cpu().numpy() / (sizes * self.store.channels)
+
+    def state_dict(self) -> dict:
+        state = self._stats_state()
+        state["current"] = None
+        state["pending"] = None
+        if self.current is not None:
+            *tensors, plan = self.current
+            state["current"] = {"tensors": [t.cpu() for t in tensors], "plan": _plan_state(plan)}
+        if self._pending is not None:
+            plan, snap, _ = self._pending
+            state["pending"] = {"plan": _plan_state(plan), "state": snap.state}
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._load_stats(state)
+        cur = state["current"]
+        self.current = None if cur is None else (
+            *(t.to(self.device) for t in cur["tensors"]), _plan_from(cur["plan"]))
+        pending = state["pending"]
+        if pending is not None and self._pool is not None:
+            self._submit(_plan_from(pending["plan"]), model_state(self.model_cfg, pending["state"]))
+
+
+def _plan_state(plan: _Plan) -> dict:
+    return {f: torch.from_numpy(np.asarray(getattr(plan, f)).copy()) for f in _Plan._fields}
+
+
+def _plan_from(state: dict) -> _Plan:
+    return _Plan(*(state[f].numpy().copy() for f in _Plan._fields))
+
+
+class MiniBatchINT(_Rounds):
+    """The paper's mini-batch INT out of core; see the module notes."""
+
+    grad_clip = 0.1
+
+    def __init__(self, cfg, store, total_steps, generator, **kw):
+        super().__init__(cfg, store, total_steps, generator, **kw)
+        if cfg.random_share:
+            raise InputError(None, "--random-share: the paper's mini-batch INT (--strategy int out of core) "
+                                   "selects by top-k only; use --strategy intstream for mixed draws")
+        self.n_batches = math.ceil(self.n_chunks / self.round_chunks)
+        self.groups = [np.arange(m, self.n_chunks, self.n_batches) for m in range(self.n_batches)]
+        self.epochs = max(1, math.ceil(total_steps / self.n_batches))
+        self._select_at = set(selection_steps(cfg.interval_schedule, self.epochs))
+        self.cache: list = [None] * self.n_batches  # per mini-batch: (index, target, epoch selected)
+
+    def batch(self, step: int, model) -> Batch:
+        m, epoch = step % self.n_batches, step // self.n_batches
+        group = self.groups[m]
+        n_m = int(self.chunk_sizes[group].sum())
+        ratio = ratio_at(self.cfg.ratio_schedule, min(epoch, self.epochs - 1), self.epochs, self.cfg.ratio)
+        cached = self.cache[m]
+        selected = cached is None or (epoch in self._select_at and cached[2] != epoch)
+        if selected:
+            k = min(select_count(ratio, n_m), self.max_samples)
+            cands, stats = round_topk(self.store.path, [self.slices[c] for c in group], None, self._snapshot(model), k,
+                                      score_dtype=self.score_dtype, batch=self.score_batch,
+                                      device=self._score_device, scheduler=self._client)
+            self._record(group, stats)
+            self.round += 1
+            self.cache[m] = cached = (cands.index, cands.target, epoch)
+        coords, targets = self._part(cached[0], cached[1])
+        interval = interval_at(self.cfg.interval_schedule, min(epoch, self.epochs - 1), self.epochs)
+        return Batch([(coords, targets, None)], int(coords.shape[0]), coords.shape[0] / n_m, interval, selected)
+
+    def state_dict(self) -> dict:
+        state = self._stats_state()
+        state["cache"] = [None if c is None else {"index": torch.from_numpy(c[0]), "target": torch.from_numpy(c[1]),
+                                                  "epoch": c[2]} for c in self.cache]
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        self._load_stats(state)
+        self.cache = [None if c is None else (c["index"].numpy().copy(), c["target"].numpy().copy(), int(c["epoch"]))
+                      for c in state["cache"]]
+
+
+class FullRounds(_Rounds):
+    """Every sample every step, streamed in groups of ``round_chunks`` chunks."""
+
+    def __init__(self, cfg, store, total_steps, generator, **kw):
+        super().__init__(cfg, store, total_steps, generator, **kw)
+        self._part_chunks = None
+        self._part_targets = None
+
+    def _parts(self):
+        for start in range(0, self.n_chunks, self.round_chunks):
+            ids = np.arange(start, min(start + self.round_chunks, self.n_chunks))
+            blocks = [self.store.block_samples(self.slices[c]) for c in ids]
+            coords = torch.from_numpy(np.concatenate([b[0] for b in blocks])).to(self.device)
+            targets = torch.from_numpy(np.concatenate([b[1] for b in blocks])).to(self.device)
+            self._part_chunks, self._part_targets = ids, targets
+            yield coords, targets, None
+
+    def batch(self, step: int, model) -> Batch:
+        self.round += 1
+        return Batch(self._parts(), self.n, 1.0, 1, True)
+
+    def observe(self, pred: torch.Tensor) -> None:
+        """The part's squared errors: the chunks' MSE of the weights before this step."""
+        sq = (pred.detach() - self._part_targets).square().sum(1).double().cpu().numpy()
+        bounds = np.concatenate([[0], np.cumsum(self.chunk_sizes[self._part_chunks])])
+        for j, c in enumerate(self._part_chunks):
+            self.mean_sq[c] = sq[bounds[j]:bounds[j + 1]].sum() / (self.chunk_sizes[c] * self.store.channels)
+            self.last_round[c] = self.round
+
+    def state_dict(self) -> dict:
+        return self._stats_state()
+
+    def load_state_dict(self, state: dict) -> None:
+        self._load_stats(state)
+
+
+def rounds_teacher(cfg, store: SignalStore, total_steps: int, generator: torch.Generator, **kw) -> _Rounds:
+    """The out-of-core teacher for ``cfg.strategy`` (see the module notes)."""
+    if cfg.strategy == "full":
+        return FullRounds(cfg, store, total_steps, generator, **kw)
+    if cfg.strategy == "int" and cfg.weighting != "importance":
+        return MiniBatchINT(cfg, store, total_steps, generator, **kw)
+    return ImportanceRounds(cfg, store, total_steps, generator, **kw)
