@@ -26,6 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .atomic import atomic_output, check_output_path
+from .device import resolve_device
 from .errors import InputError
 from .normalize import Normalisation, block_coords
 from .store import block_slices
@@ -41,6 +42,8 @@ __all__ = [
     "sdf_geometry",
     "world_transform",
     "open_writer",
+    "check_decode_output",
+    "decode_sizes",
     "decode",
 ]
 
@@ -93,17 +96,6 @@ def parse_shape(text: str | None, ndim: int) -> tuple[int, ...] | None:
     if any(n < 1 for n in shape):
         raise InputError(None, f"--shape {text!r}: sizes must be positive")
     return shape
-
-
-def resolve_device(device: str = "auto") -> str:
-    """``auto`` -> ``cuda`` when available, else ``cpu``; an unavailable cuda is an InputError."""
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise InputError(None, "--device cuda: no CUDA device available")
-    return device
 
 
 def default_block(kind: str, shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -360,14 +352,93 @@ def _resampled_rate(rate: float, n_old: int, n_new: int) -> int:
     return int(round(float(rate) * max(n_new - 1, 1) / max(n_old - 1, 1)))
 
 
+# Memory a decode may hold at once when the caller gives no budget (fit's default budget).
+DECODE_MEMORY = 2 << 30
+# Keep this share of the free disk free: a decode never fills the file system.
+DISK_HEADROOM = 0.95
+# Bytes per grid-face sample of a decoded mesh (vertex + two faces, in memory and as text).
+MESH_BYTES_PER_SURFACE_SAMPLE = 128
+
+
+def decode_sizes(fmt: str, weights, shape: tuple[int, ...]) -> tuple[int, int]:
+    """``(disk_bytes, memory_bytes)``: estimates for decoding ``weights`` at ``shape`` to ``fmt``.
+
+    Disk is the raw size of the output (formats that compress write less); memory is
+    what the writer holds at once beyond one block: the whole image for PNG, the mesh
+    (about the grid's bounding surface times `MESH_BYTES_PER_SURFACE_SAMPLE`) plus two
+    planes for PLY/OBJ, one block otherwise.
+    """
+    samples = math.prod(shape)
+    itemsize = np.dtype(weights.norm.dtype).itemsize
+    raw = samples * weights.channels * itemsize
+    block = math.prod(default_block(weights.kind, shape)) * (len(shape) + 2 * weights.channels) * 4
+    if fmt in ("ply", "obj"):
+        surface = sum(math.prod(shape) // max(n, 1) for n in shape)  # faces of the grid box
+        mesh = 2 * surface * MESH_BYTES_PER_SURFACE_SAMPLE
+        plane = math.prod(shape[1:]) * (len(shape) + 2) * 4
+        return mesh, mesh + 2 * plane + block
+    if fmt == "png":
+        return raw, raw + block
+    return raw, block
+
+
+def check_decode_output(
+    path: str | os.PathLike,
+    weights,
+    shape: tuple[int, ...],
+    *,
+    overwrite: bool = False,
+    inputs: tuple = (),
+    memory_budget: int | None = None,
+) -> tuple[str, Path]:
+    """Refuse, before any work, a decode output that cannot or must not be written.
+
+    The format must hold the signal's kind; the output must not exist (without
+    ``overwrite``) and must never be the weights, the store they were fitted to or any
+    of ``inputs``, nor lie inside one; its estimated size (`decode_sizes`) must fit the
+    free disk and its in-memory part ``memory_budget`` (default `DECODE_MEMORY`).
+    Returns ``(format, absolute output path)``; raises `InputError` naming the output.
+    """
+    import shutil
+
+    fmt = output_format(path, weights.kind)
+    sources = [p for p in (weights.path, weights.store_path, *inputs) if p]
+    out = check_output_path(path, overwrite=overwrite, inputs=tuple(sources))
+    for src in sources:  # also through links: the resolved paths must differ too
+        src_r, out_r = Path(src).resolve(), out.resolve()
+        if out_r == src_r or src_r in out_r.parents:
+            raise InputError(out, f"output would be written inside the input {src}")
+    disk, memory = decode_sizes(fmt, weights, tuple(shape))
+    budget = DECODE_MEMORY if memory_budget is None else int(memory_budget)
+    where = "x".join(str(n) for n in shape)
+    if memory > budget:
+        raise InputError(out, f"decoding at {where} to {Path(out).suffix} would hold about {_human(memory)} in memory, "
+                              f"above the {_human(budget)} budget (decode to .zarr or .tif, or a smaller --shape)")
+    free = shutil.disk_usage(out.parent).free
+    if out.exists() and out.is_file():
+        free += out.stat().st_size  # replaced only once the new one is complete, but counted as freed
+    if disk > free * DISK_HEADROOM:
+        raise InputError(out, f"decoding at {where} would write about {_human(disk)}, more than the "
+                              f"{_human(free)} free on {out.parent} (pass a smaller --shape)")
+    return fmt, out
+
+
+def _human(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB", "PiB"):
+        if n < 1024 or unit == "PiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PiB"
+
+
 @contextlib.contextmanager
-def open_writer(path: str | os.PathLike, weights, shape: tuple[int, ...], *, overwrite: bool = False):
+def open_writer(path: str | os.PathLike, weights, shape: tuple[int, ...], *, overwrite: bool = False,
+                memory_budget: int | None = None):
     """A writer for ``path`` (format from the suffix); the file appears only on success.
 
     ``weights`` is an `intstream.export.Weights`; ``shape`` the output grid shape.
     """
-    fmt = output_format(path, weights.kind)
-    out = check_output_path(path, overwrite=overwrite)
+    fmt, out = check_decode_output(path, weights, shape, overwrite=overwrite, memory_budget=memory_budget)
     norm, channels = weights.norm, weights.channels
     if fmt == "zarr":
         from .store import create_store
@@ -414,6 +485,7 @@ def decode(
     t0 = time.perf_counter()
     shape = tuple(shape) if shape is not None else weights.shape
     model = weights.model(resolve_device(device))
+    batch = predict_batch(weights.model_config, sum(t.numel() for t in weights.state.values()), batch)  # DESIGN §10
     with open_writer(output, weights, shape, overwrite=overwrite) as writer:
         writer.consume(predict_blocks(model, shape, weights.norm.extent, block_slices(shape, writer.block), batch=batch))
     return {"decoded": str(Path(output).absolute()), "shape": list(shape), "seconds": round(time.perf_counter() - t0, 3)}

@@ -21,12 +21,14 @@ import numpy as np
 
 from .config import check_keys, check_number
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, load_checkpoint, save_checkpoint
+from .device import resolve_device
 from .errors import InputError
 from .plan import peak_rss_bytes
 from .rundir import RunDir, guarded, resume_config
+from .metrics import psnr_from_mse
 from .store import SignalStore, open_store
 
-__all__ = ["FitConfig", "fit", "resolve_config", "KIND_DEFAULTS", "psnr_from_mse"]
+__all__ = ["FitConfig", "fit", "resolve_config", "KIND_DEFAULTS"]
 
 # The paper's per-modality defaults (DESIGN §4).
 KIND_DEFAULTS = {
@@ -146,21 +148,6 @@ def resolve_config(cfg: FitConfig, kind: str) -> FitConfig:
     d = KIND_DEFAULTS[kind]
     steps = cfg.steps or round(d["steps"] * STEPS_FACTOR.get(cfg.strategy, 1.0))
     return replace(cfg, steps=steps, lr=cfg.lr or d["lr"])
-
-
-def psnr_from_mse(mse: float, data_range: float = 1.0) -> float:
-    """PSNR in dB of a mean squared error for a signal of the given range."""
-    return float("inf") if mse <= 0 else 10.0 * math.log10(data_range**2 / mse)
-
-
-def _device(name: str):
-    import torch
-
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InputError(None, "--device cuda: no CUDA device is available")
-    return torch.device(name)
 
 
 def _setup_torch(device) -> None:
@@ -307,7 +294,7 @@ def fit(
         cfg = resolve_config(config, store.kind)
     _check_run_dir(run_dir, store)
 
-    device = _device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     _setup_torch(device)
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
