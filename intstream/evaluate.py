@@ -41,7 +41,7 @@ from .metrics import (
     ssim_block_sums,
 )
 from .normalize import axis_coords
-from .store import SignalStore, block_slices, open_store
+from .store import SignalStore, block_slices, open_store, store_exists
 
 __all__ = ["METRICS", "DEFAULT_METRICS", "resolve_metrics", "check_store", "evaluate", "score"]
 
@@ -236,7 +236,7 @@ def _store_blocks(store: SignalStore) -> list[tuple[slice, ...]]:
 def _open_store(weights, store_arg) -> SignalStore | None:
     if store_arg is not None:
         store = open_store(store_arg)
-    elif weights.store_path and Path(weights.store_path).exists():
+    elif weights.store_path and store_exists(weights.store_path):  # a path or a store URL
         store = open_store(weights.store_path)
     else:
         return None

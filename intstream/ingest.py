@@ -36,7 +36,7 @@ def ingest(
     """
     t0 = time.perf_counter()
     src = Path(source).absolute()
-    out = Path(output) if output is not None else default_store_path(src)
+    out = os.fspath(output) if output is not None else default_store_path(src)  # a path or a store URL
     reader = open_reader(src, kind, resolution=resolution)
     try:
         with create_store(
@@ -64,7 +64,7 @@ def ingest(
     finally:
         reader.close()
     store = open_store(out)
-    stored = sum(f.stat().st_size for f in Path(store.path).rglob("*") if f.is_file())
+    stored = store.stored_bytes()
     return {
         "stage": "ingest",
         "store": str(store.path),

@@ -24,6 +24,7 @@ import hashlib
 import itertools
 import math
 import os
+import re
 from pathlib import Path
 from typing import Iterator
 
@@ -53,6 +54,90 @@ DEFAULT_CHUNKS = {"image": 1024, "audio": 1 << 20, "sdf": 64, "array": 256}
 SHARD_ABOVE_CHUNKS = 4096
 SHARD_FACTOR = 4
 SUPPORTED_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
+
+
+# -- where a store lives: a local path or any URL fsspec reaches ------------------------
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+READ_ONLY_SCHEMES = ("http", "https")
+# Backends that cannot rename a folder: a store is written in place, ``complete`` set last.
+NO_RENAME_NOTE = "written in place, 'complete' set last (no atomic rename on this backend)"
+
+
+def url_scheme(location: str | os.PathLike) -> str | None:
+    """The URL scheme of ``location`` in lower case (``None`` for a plain path)."""
+    m = _SCHEME.match(os.fspath(location))
+    return m.group(1).lower() if m else None
+
+
+def store_location(location: str | os.PathLike) -> str:
+    """The canonical string for a store: an absolute path for local stores (``file://``
+    URLs included), else the URL without a trailing slash. It round-trips through
+    `open_store`, checkpoints and manifests."""
+    s = os.fspath(location)
+    scheme = url_scheme(s)
+    if scheme is None:
+        return str(Path(s).absolute())
+    if scheme == "file":
+        from urllib.parse import unquote, urlparse
+
+        u = urlparse(s)
+        local = u.path if u.netloc in ("", "localhost") else u.netloc + u.path
+        return str(Path(unquote(local)).absolute())
+    return s.rstrip("/")
+
+
+def local_store_path(location: str | os.PathLike) -> Path | None:
+    """The local folder of a store location, or ``None`` for a remote one."""
+    loc = store_location(location)
+    return None if url_scheme(loc) else Path(loc)
+
+
+def _fsspec_store(url: str, *, read_only: bool, storage_options: dict | None = None):
+    """A `zarr.storage.FsspecStore` for ``url``; a missing backend is an `InputError`.
+
+    Credentials and options come from ``storage_options`` or fsspec's own configuration
+    (``FSSPEC_S3_ANON=true``, ``~/.config/fsspec/``, the cloud SDKs' environment).
+    """
+    from zarr.storage import FsspecStore
+
+    scheme = url_scheme(url)
+    try:
+        return FsspecStore.from_url(url, storage_options=storage_options, read_only=read_only)
+    except ImportError as exc:
+        extra = {"s3": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs"}.get(scheme)
+        hint = f" (pip install {extra})" if extra else ""
+        raise InputError(url, f"{scheme}:// stores need an fsspec backend that is not installed{hint}: {exc}") from None
+    except ValueError as exc:
+        raise InputError(url, f"cannot open a {scheme}:// store ({exc})") from None
+
+
+def _sync(coro):
+    from zarr.core.sync import sync
+
+    return sync(coro)
+
+
+def store_exists(location: str | os.PathLike) -> bool:
+    """Whether a store (its ``zarr.json``) exists at ``location``; unreachable is ``False``."""
+    local = local_store_path(location)
+    if local is not None:
+        return (local / "zarr.json").is_file()
+    try:
+        return bool(_sync(_fsspec_store(store_location(location), read_only=True).exists("zarr.json")))
+    except InputError:
+        return False
+    except Exception:
+        return False
+
+
+def store_cache_key(location: str | os.PathLike) -> tuple:
+    """A key that changes when a local store is rewritten (for per-process open caches)."""
+    loc = store_location(location)
+    local = local_store_path(loc)
+    if local is None:
+        return (loc,)
+    st = os.stat(local / "zarr.json")
+    return (loc, st.st_mtime_ns, st.st_size)
 
 
 def source_info(path: str | os.PathLike) -> dict:
@@ -240,6 +325,9 @@ def create_store(
 ) -> Iterator[StoreWriter]:
     """Create a store under a temporary name; yield a `StoreWriter`; publish it on success.
 
+    ``out`` is a local path (published atomically by rename) or a writable URL
+    (``file://`` likewise; ``memory://``, ``s3://``, ``gs://`` are written in place with
+    ``complete`` set last, see `_in_place_output`); ``http(s)://`` is refused.
     ``shape`` is the grid shape (without channels). ``meta`` adds kind-specific items
     (``sample_rate``, ``sdf``...). The store is renamed onto ``out`` and marked complete
     only when the block exits without an exception.
@@ -256,7 +344,16 @@ def create_store(
     if dt.name not in SUPPORTED_DTYPES:
         raise InputError(source, f"unsupported sample type {dt.name} (supported: {', '.join(SUPPORTED_DTYPES)})")
     inputs = (source,) if source is not None else ()
-    out = check_output_path(out, overwrite=overwrite, inputs=inputs)
+    remote = local_store_path(out) is None
+    if remote:
+        out = store_location(out)
+        if url_scheme(out) in READ_ONLY_SCHEMES:
+            raise InputError(out, f"{url_scheme(out)}:// stores are read-only; write to a local path, file://, "
+                                  "memory://, s3:// or gs:// (and serve that)")
+        target = _in_place_output(out, overwrite=overwrite)
+    else:
+        out = check_output_path(store_location(out), overwrite=overwrite, inputs=inputs)  # file:// -> path
+        target = atomic_output(out, overwrite=overwrite)  # locked; never clobbers a store that appeared meanwhile
     chunks, shards = _chunking(kind, shape, chunks)
     full = {
         "format_version": FORMAT_VERSION,
@@ -271,8 +368,8 @@ def create_store(
         "complete": False,
     }
     full.update(meta or {})
-    with atomic_output(out, overwrite=overwrite) as tmp:  # locked; never clobbers a store that appeared meanwhile
-        group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+    with target as tmp:
+        group = zarr.open_group(tmp if remote else str(tmp), mode="w", zarr_format=3)
         group.attrs["intstream"] = full
         array = group.create_array(
             "signal",
@@ -292,13 +389,41 @@ def create_store(
         writer._finish()
 
 
+@contextlib.contextmanager
+def _in_place_output(url: str, *, overwrite: bool):
+    """Yield a writable zarr store at ``url`` on a backend without folder rename.
+
+    Object stores and ``memory://`` cannot rename a folder, so the store is written in
+    place: its attributes say ``complete: false`` until the very last write, and
+    `open_store` refuses it until then. An existing store is removed first (only with
+    ``overwrite``); whatever a failed write left is removed again.
+    """
+    store = _fsspec_store(url, read_only=False)
+    fs, root = store.fs, store.path
+    try:
+        exists = bool(_sync(fs._exists(root)))
+    except Exception as exc:
+        raise InputError(url, f"cannot reach the output ({exc.__class__.__name__}: {exc})") from None
+    if exists:
+        if not overwrite:
+            raise InputError(url, "output exists (pass --overwrite to replace it)")
+        _sync(fs._rm(root, recursive=True))
+    try:
+        yield store
+    except BaseException:
+        with contextlib.suppress(Exception):
+            _sync(fs._rm(root, recursive=True))
+        raise
+
+
 class SignalStore:
     """A complete signal store opened for reading.
 
     Attributes
     ----------
     path
-        The store folder.
+        Where the store lives, as a string: an absolute local path or a URL (see
+        `store_location`); `open_store` reopens it as such.
     meta
         The ``intstream`` group attributes (see DESIGN §3).
     norm
@@ -306,8 +431,8 @@ class SignalStore:
         incomplete store opened with ``require_complete=False``).
     """
 
-    def __init__(self, path: Path, group, meta: dict):
-        self.path = path
+    def __init__(self, path: str | os.PathLike, group, meta: dict):
+        self.path = store_location(path)
         self.group = group
         self.meta = meta
         self.array = group["signal"]
@@ -430,22 +555,63 @@ class SignalStore:
         everything = tuple(slice(0, n) for n in self.shape)
         return self.block_samples(everything)
 
+    @property
+    def local_path(self) -> Path | None:
+        """The store folder when the store is local, else ``None``."""
+        return local_store_path(self.path)
+
+    def stored_bytes(self) -> int | None:
+        """Bytes the store occupies (compressed), ``None`` where the backend cannot tell."""
+        if self.local_path is not None:
+            return sum(f.stat().st_size for f in self.local_path.rglob("*") if f.is_file())
+        try:
+            from fsspec import url_to_fs
+
+            fs, root = url_to_fs(self.path)
+            return int(fs.du(root, total=True))
+        except Exception:
+            return None
+
     def info(self) -> dict:
         """The metadata plus the store path and sizes, for `intstream info`."""
         return {"store": str(self.path), **self.meta, "n_samples": self.n_samples, "nbytes": self.nbytes}
 
 
-def open_store(path: str | os.PathLike, *, require_complete: bool = True) -> SignalStore:
-    """Open a signal store; a missing, foreign or incomplete store is an `InputError`."""
+def open_store(
+    path: str | os.PathLike, *, require_complete: bool = True, storage_options: dict | None = None
+) -> SignalStore:
+    """Open a signal store; a missing, foreign or incomplete store is an `InputError`.
+
+    ``path`` is a local path or a URL fsspec reaches (``file://``, ``http(s)://``
+    read-only, ``memory://``, ``s3://``/``gs://`` with s3fs/gcsfs installed);
+    ``storage_options`` go to fsspec (credentials, ``anon``...).
+    """
     import zarr
 
-    p = Path(path).absolute()
-    if not p.exists():
-        raise InputError(p, "no such store")
-    if not (p / "zarr.json").is_file():
-        raise InputError(p, "not a Zarr v3 store (no zarr.json)")
+    p = store_location(path)
+    local = local_store_path(p)
+    if local is not None:
+        if not local.exists():
+            raise InputError(p, "no such store")
+        if not (local / "zarr.json").is_file():
+            raise InputError(p, "not a Zarr v3 store (no zarr.json)")
+        base = zarr.storage.LocalStore(str(local), read_only=True)
+    else:
+        base = _fsspec_store(p, read_only=True, storage_options=storage_options)
+        try:
+            found = _sync(base.exists("zarr.json"))
+        except Exception as exc:  # connection refused, DNS, TLS, auth...
+            raise InputError(p, f"cannot reach the store ({exc.__class__.__name__}: {exc})") from None
+        if not found:
+            try:  # fsspec's HTTP `exists` says False for an unreachable server too: ask for the reason
+                _sync(base.fs._cat_file(f"{base.path.rstrip('/')}/zarr.json"))
+            except FileNotFoundError:
+                pass
+            except Exception as exc:
+                raise InputError(p, f"cannot reach the store ({exc.__class__.__name__}: {exc})") from None
+            raise InputError(p, "no such store (no zarr.json there)")
     try:
-        group = zarr.open_group(strict_store(zarr.storage.LocalStore(str(p), read_only=True)), mode="r")
+        group = zarr.open_group(strict_store(base), mode="r")
         meta = dict(group.attrs.get("intstream") or {})
     except Exception as exc:  # zarr raises several types for broken metadata
         raise InputError(p, f"unreadable store ({exc.__class__.__name__}: {exc})") from None
@@ -516,8 +682,10 @@ def _check_chunks(p, meta: dict, array, store) -> None:
     if meta["stored_chunks"] != len(expected):
         raise InputError(p, f"store attributes are damaged: stored_chunks {meta['stored_chunks']!r} "
                             f"but the grid has {len(expected)} chunks")
-    present = _listed_chunk_keys(store)
-    if present is None:  # cannot list (HTTP): the strict store refuses a missing chunk when read
+    # HTTP cannot list (fsspec would scrape index pages): the strict store refuses a
+    # missing chunk when it is read instead.
+    present = None if url_scheme(p) in READ_ONLY_SCHEMES else _listed_chunk_keys(store)
+    if present is None:
         return
     missing = [k for k in expected if k not in present]
     if missing:

@@ -101,10 +101,9 @@ def _cached_model(ms: ModelState, device: str):
 
 def _cached_store(path: str):
     """An opened `SignalStore`, reused while its metadata file is unchanged."""
-    from ..store import open_store
+    from ..store import open_store, store_cache_key
 
-    st = os.stat(os.path.join(path, "zarr.json"))
-    key = (os.path.abspath(path), st.st_mtime_ns, st.st_size)
+    key = store_cache_key(path)  # a local path or a store URL
     with _store_lock:
         store = _store_cache.get(key)
         if store is None:
