@@ -28,6 +28,7 @@ import numpy as np
 from .atomic import atomic_output, check_output_path
 from .device import resolve_device
 from .errors import InputError
+from .plan import predict_batch
 from .normalize import Normalisation, block_coords
 from .store import block_slices
 
@@ -485,7 +486,7 @@ def decode(
     t0 = time.perf_counter()
     shape = tuple(shape) if shape is not None else weights.shape
     model = weights.model(resolve_device(device))
-    batch = predict_batch(weights.model_config, sum(t.numel() for t in weights.state.values()), batch)  # DESIGN §10
+    batch = predict_batch(weights.model_config, weights.state, batch)  # the memory plan, DESIGN §10
     with open_writer(output, weights, shape, overwrite=overwrite) as writer:
         writer.consume(predict_blocks(model, shape, weights.norm.extent, block_slices(shape, writer.block), batch=batch))
     return {"decoded": str(Path(output).absolute()), "shape": list(shape), "seconds": round(time.perf_counter() - t0, 3)}
