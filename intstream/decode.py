@@ -402,7 +402,15 @@ def check_decode_output(
     """
     import shutil
 
+    from .store import local_store_path, store_location, url_scheme
+
     fmt = output_format(path, weights.kind)
+    if url_scheme(path):
+        if local_store_path(path) is None:  # memory://, s3://...: only a store; create_store checks the rest
+            if fmt != "zarr":
+                raise InputError(path, f"only a .zarr store can be decoded to a {url_scheme(path)}:// URL")
+            return fmt, store_location(path)
+        path = store_location(path)  # file:// -> its path
     sources = [p for p in (weights.path, weights.store_path, *inputs) if p]
     out = check_output_path(path, overwrite=overwrite, inputs=tuple(sources))
     for src in sources:  # also through links: the resolved paths must differ too
@@ -489,5 +497,12 @@ def decode(
     batch = predict_batch(weights.model_config, weights.state, batch)  # the memory plan, DESIGN §10
     with open_writer(output, weights, shape, overwrite=overwrite) as writer:
         writer.consume(predict_blocks(model, shape, weights.norm.extent, block_slices(shape, writer.block), batch=batch))
-    return {"decoded": str(Path(output).absolute()), "shape": list(shape), "seconds": round(time.perf_counter() - t0, 3)}
+    return {"decoded": output_location(output), "shape": list(shape), "seconds": round(time.perf_counter() - t0, 3)}
+
+
+def output_location(output: str | os.PathLike) -> str:
+    """How a decode output is reported: its absolute path, or its URL."""
+    from .store import store_location
+
+    return store_location(output)
 

@@ -287,7 +287,7 @@ def evaluate(
         and the scoring throughput in MB/s of raw signal.
     """
     from .atomic import check_output_path
-    from .decode import open_writer, output_format, parse_shape, predict_blocks, resolve_device
+    from .decode import open_writer, output_format, output_location, parse_shape, predict_blocks, resolve_device
     from .export import load_source
 
     t0 = time.perf_counter()
@@ -329,7 +329,7 @@ def evaluate(
                 plan = _store_blocks(st) if kind == "sdf" else list(block_slices(st.shape, writer.block))
                 blocks = plan
                 result = score(model, st, names, blocks, batch=batch, writer=writer, progress=progress)
-            decoded = str(Path(decode).absolute())
+            decoded = output_location(decode)  # a path or a store URL
         else:
             result = score(model, st, names, _store_blocks(st), batch=batch, progress=progress)
         t_score = time.perf_counter() - t1
@@ -337,7 +337,7 @@ def evaluate(
         with open_writer(decode, weights, dec_shape, overwrite=overwrite) as writer:
             writer.consume(predict_blocks(model, dec_shape, weights.norm.extent,
                                           block_slices(dec_shape, writer.block), batch=batch))
-        decoded = str(Path(decode).absolute())
+        decoded = output_location(decode)  # a path or a store URL
     plots = None
     if plot_dir is not None:
         plots = _plots(plot_dir, weights, model, st, batch=batch)

@@ -143,3 +143,16 @@ def test_file_url_round_trips_as_a_path(tmp_path):
     ing = ok(run("ingest", src, "-o", f"file://{tmp_path}/f.zarr"))
     assert ing["store"] == str(tmp_path / "f.zarr") and (tmp_path / "f.zarr" / "zarr.json").is_file()
     assert ok(run("info", f"file://{tmp_path}/f.zarr"))["store"] == str(tmp_path / "f.zarr")
+
+
+def test_decode_to_memory_and_file_url_stores(http_store, tmp_path):
+    _, url = http_store
+    ok(run("fit", url, "-o", tmp_path / "run", *FAST))
+    out = f"memory://intstream-test-{uuid.uuid4().hex}/d.zarr"
+    ev = ok(run("eval", tmp_path / "run", "--decode", out))
+    assert ev["decoded"] == out
+    dec = open_store(out)
+    assert dec.shape == (48, 64) and dec.meta["complete"] is True
+    ev = ok(run("eval", tmp_path / "run", "--metrics", "none", "--decode", f"file://{tmp_path}/d.zarr", "--shape", "24,32"))
+    assert ev["decoded"] == str(tmp_path / "d.zarr") and open_store(tmp_path / "d.zarr").shape == (24, 32)
+    refused(run("eval", tmp_path / "run", "--decode", "memory://x/d.png"), "only a .zarr")
