@@ -35,8 +35,11 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
     import torch
 
     path = Path(path)
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as fh:
+    # The run directory's lock (`intstream.rundir`) already excludes other writers.
+    with atomic_output(path, lock=False) as tmp:
+        # O_EXCL | O_NOFOLLOW: never write through a link planted at the temporary name.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with os.fdopen(fd, "wb") as fh:
             torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
             fh.flush()
             os.fsync(fh.fileno())

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["InputError"]
+__all__ = ["InputError", "Interrupted"]
 
 
 class InputError(Exception):
@@ -34,3 +34,17 @@ class InputError(Exception):
     @property
     def message(self) -> str:
         return self.problem if self.path is None else f"{self.path}: {self.problem}"
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stage stopped by SIGTERM/SIGINT; the CLI exits with ``128 + signum`` (143, 130)."""
+
+    def __init__(self, signum: int):
+        import signal
+
+        self.signum = int(signum)
+        self.exit_code = 128 + self.signum
+        super().__init__(signal.Signals(self.signum).name)
+
+    def __reduce__(self):
+        return (self.__class__, (self.signum,))

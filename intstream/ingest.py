@@ -9,6 +9,7 @@ from pathlib import Path
 from .errors import InputError
 from .progress import Progress
 from .readers import open_reader
+from .rundir import StopSignals
 from .store import create_store, open_store
 
 __all__ = ["ingest", "default_store_path"]
@@ -33,10 +34,21 @@ def ingest(
 
     Returns the manifest: store path, kind, shape, channels, dtype, chunks, bytes
     (uncompressed), stored bytes, seconds. Nothing is left at ``output`` on failure.
+
+    While it writes, ingest holds ``output``'s lock (a second ingest of the same output
+    exits 2) and first removes temporaries of ``output`` that killed ingests left. A
+    SIGTERM/SIGINT stops it between blocks: the temporary store is removed and
+    `intstream.errors.Interrupted` raised (the CLI exits 143/130).
     """
     t0 = time.perf_counter()
     src = Path(source).absolute()
     out = os.fspath(output) if output is not None else default_store_path(src)  # a path or a store URL
+    with StopSignals() as stop:
+        return _ingest(src, out, stop, kind=kind, chunks=chunks, resolution=resolution, overwrite=overwrite,
+                       progress=progress, t0=t0)
+
+
+def _ingest(src: Path, out: Path, stop: StopSignals, *, kind, chunks, resolution, overwrite, progress, t0) -> dict:
     reader = open_reader(src, kind, resolution=resolution)
     try:
         with create_store(
@@ -53,6 +65,7 @@ def ingest(
             blocks = list(writer.blocks())
             with Progress(len(blocks), f"ingest {src.name}", enabled=progress) as bar:
                 for slices in blocks:
+                    stop.check()  # between blocks: zarr's writes are never cut mid-way
                     try:
                         values = reader.read(slices)
                     except InputError:
@@ -61,6 +74,7 @@ def ingest(
                         raise InputError(src, f"corrupt or truncated data ({exc.__class__.__name__}: {exc})") from None
                     writer.write(slices, values)
                     bar.update()
+                stop.check()
     finally:
         reader.close()
     store = open_store(out)

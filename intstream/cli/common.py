@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 
@@ -39,9 +40,10 @@ def stage(name: str):
                 raise BadInput(" ".join(exc.message.split())) from None  # one line, whatever the library said
             except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
                 raise
-            except KeyboardInterrupt:
-                click.echo(f"intstream {name}: interrupted", err=True)
-                sys.exit(130)
+            except KeyboardInterrupt as exc:  # errors.Interrupted says which signal: 143 for SIGTERM
+                signame = f" by {exc}" if getattr(exc, "signum", None) else ""
+                click.echo(f"intstream {name}: interrupted{signame}", err=True)
+                sys.exit(getattr(exc, "exit_code", 130))
             except Exception as exc:  # runtime failure: one line, exit 1
                 if debug:
                     traceback.print_exc()
@@ -55,8 +57,19 @@ def stage(name: str):
 
 def emit(manifest: dict) -> None:
     """Write the stage's one JSON manifest line on stdout."""
-    sys.stdout.write(json.dumps(manifest, default=str) + "\n")
-    sys.stdout.flush()
+    line = json.dumps(manifest, default=str) + "\n"
+    try:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader of stdout is gone (a pipeline cut short). Send the rest of stdout
+        # to /dev/null so exit does not fail flushing it; the exit code stays the stage's.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+        click.echo("intstream: stdout is closed (broken pipe): the manifest line was not delivered", err=True)
 
 
 def upstream(arg: str | None, key: str, *, also: tuple[str, ...] = ()) -> str:

@@ -64,9 +64,14 @@ def fit(store, output, resume, overwrite, **opts):
 
     store_path = upstream(store, "store")
     run_dir = output or str(Path.cwd() / (Path(store_path).name.removesuffix(".zarr") + ".run"))
-    manifest = run(store_path, run_dir, FitConfig(**opts), resume=resume, overwrite=overwrite)
-    emit(manifest)
+    # What the user set (command line, environment), so --resume can refuse changes to it.
+    ctx = click.get_current_context()
+    explicit = {k for k in opts if ctx.get_parameter_source(k) not in (None, click.core.ParameterSource.DEFAULT)}
+    manifest = run(store_path, run_dir, FitConfig(**opts), resume=resume, overwrite=overwrite, explicit=explicit)
     if manifest["interrupted"]:
+        # Before the manifest: stdout may be a pipe whose reader is gone (emit tolerates that).
         click.echo(f"intstream fit: {manifest['interrupted']}: checkpoint written at step {manifest['steps']}; "
                    f"rerun with --resume to continue", err=True)
+    emit(manifest)
+    if manifest["interrupted"]:
         sys.exit(143 if manifest["interrupted"] == "SIGTERM" else 130)
