@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .plan import predict_batch
 from .metrics import (
     SSIM_WIN,
     ErrorSums,
@@ -319,6 +320,7 @@ def evaluate(
         print(f"intstream eval: store {weights.store_path} not found; decoding without metrics", file=sys.stderr)
     dev = resolve_device(device)
     model = weights.model(dev)
+    batch = predict_batch(weights.model_config, weights.state, batch)  # the memory plan, DESIGN §10
 
     result, decoded, t_score = {}, None, None
     if st is not None and names:

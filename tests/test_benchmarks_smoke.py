@@ -28,6 +28,7 @@ CASES = {
     "bench_outofcore": (["--smoke", "--out", "{out}/outofcore", "--tmp", "{out}"],
                         ["outofcore.md", "outofcore.json", "outofcore.png"]),
     "bench_gpu": (["--smoke", "--device", "cpu", "--out", "{out}/gpu", "--tmp", "{out}"], ["gpu.md", "gpu.json", "gpu.png"]),
+    "bench_memory": (["--smoke", "--out", "{out}/memory", "--tmp", "{out}"], ["memory.md", "memory.json"]),
 }
 
 
