@@ -11,7 +11,7 @@ then runs each stage as a child process, measuring its wall time and its own pea
 (`_common.peak_rss_of`):
 
 * ``intstream ingest`` -> MB/s of raw signal;
-* ``intstream fit`` with a small ``--memory-budget`` (forces rounds over chunks), a fixed
+* ``intstream fit`` with ``--out-of-core`` (rounds over chunks), a fixed
   number of steps and a small SIREN, so it measures I/O and rounds rather than the
   network: rounds/s and samples scored/s (rounds from the checkpoint, chunks per round
   from `intstream.teach.rounds.plan_round_size`);
@@ -109,7 +109,7 @@ def bench_case(case: dict, tmp: Path, opts) -> dict:
         sec, rss, proc = peak_rss_of(cli + [
             "fit", str(store_path), "-o", str(run_dir), "--overwrite", "--steps", str(opts.steps),
             "--width", str(opts.width), "--depth", str(opts.depth), "--memory-budget", str(opts.memory_budget),
-            "--log-every", str(opts.steps), "--device", opts.device, "--seed", "0"])
+            "--out-of-core", "--log-every", str(opts.steps), "--device", opts.device, "--seed", "0"])
         m = manifest_of(proc)
         rounds = int(load_checkpoint(run_dir)["teacher"]["round"])
         round_chunks, _ = plan_round_size(store, opts.memory_budget, opts.width, opts.depth)
@@ -177,7 +177,7 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=100)
     ap.add_argument("--width", type=int, default=64)
     ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--memory-budget", type=_size_arg, default="256M", help="fit's --memory-budget (forces rounds)")
+    ap.add_argument("--memory-budget", type=_size_arg, default="1G", help="fit's --memory-budget (the whole process; --out-of-core forces rounds)")
     ap.add_argument("--image-chunks", type=int, default=None, help="chunk edge (default: the store's, 1024)")
     ap.add_argument("--audio-chunks", type=int, default=None, help="audio chunk (default: the store's, 2^20)")
     ap.add_argument("--eval-max-samples", type=float, default=7e7, help="skip eval above this many samples")
@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.smoke:
         args.sizes, args.audio_seconds, args.steps, args.width, args.depth = [256, 512], 10.0, 20, 16, 3
-        args.memory_budget, args.image_chunks, args.audio_chunks = 1 << 20, 128, 16384
+        args.memory_budget, args.image_chunks, args.audio_chunks = 1 << 30, 128, 16384
         args.eval_max_samples = 70000  # eval the 256² image only; the others take the skip path
     cases = [{"name": f"image {n}²", "kind": "image", "edge": n} for n in args.sizes]
     if not args.no_audio:
