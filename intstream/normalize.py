@@ -5,11 +5,15 @@ Targets: ``t = (x - offset) * scale`` in float32, inverted exactly by `Normalisa
 Coordinates: axis ``a`` with ``n`` samples maps index ``i`` to
 ``extent[a] * (-1 + 2 i / (n - 1))`` -- ``linspace(-extent, extent, n)``.
 
-Per kind (DESIGN §3 and §4): images to [0, 1] by the integer range (or the value range of
-float images); audio to [0, 1] with input coordinates spread like the paper's
-``linspace(-5, 5)`` over 2 s at 16 kHz (the same samples per unit for any length);
-SDF distances unchanged (they are already in the normalised box); arrays to [0, 1] by
-their value range.
+Targets per kind (DESIGN §3, §4): images by their integer range (or the value range of
+float images), audio by its sample range, arrays by their value range, mapped either to
+[0, 1] (``unit``, the paper's mapping) or to [-1, 1] (``signed``, the SIREN/EVOS one);
+`DEFAULT_TARGETS` holds each kind's default, chosen by ``benchmarks/bench_targets.py``.
+SDF distances are kept as they are (already in the normalised box). ``span`` is the
+width of the nominal range in target units (1 or 2), so every PSNR can be reported on
+the signal's own [0, 1] scale whatever the mapping. Audio input coordinates are spread
+like the paper's ``linspace(-5, 5)`` over 2 s at 16 kHz (the same samples per unit for
+any length).
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ __all__ = [
     "block_coords",
     "flat_coords",
     "AUDIO_SAMPLES_PER_UNIT",
+    "TARGETS",
+    "DEFAULT_TARGETS",
 ]
+
+TARGETS = ("unit", "signed")
+# Chosen by benchmarks/bench_targets.py (see BENCHMARKS.md, "Target scaling").
+DEFAULT_TARGETS = {"image": "signed", "audio": "signed", "array": "signed"}
 
 # The paper maps 2 s at 16 kHz (32,000 samples) onto linspace(-5, 5): 3,200 samples per unit.
 AUDIO_SAMPLES_PER_UNIT = 32000 / 10.0
@@ -43,12 +53,16 @@ class Normalisation:
         The stored dtype; the inverse rounds and clips to it when it is an integer type.
     extent
         Per grid axis, coordinates span ``[-extent, extent]``.
+    span
+        Width of the signal's nominal range in target units: 1 for ``unit`` targets, 2 for
+        ``signed`` (PSNRs divide by it to stay on the signal's [0, 1] scale).
     """
 
     offset: float
     scale: float
     dtype: str
     extent: tuple[float, ...]
+    span: float = 1.0
 
     def targets(self, values: np.ndarray) -> np.ndarray:
         """Stored values (any shape) -> float32 targets of the same shape."""
@@ -66,6 +80,11 @@ class Normalisation:
             x = np.clip(np.rint(x), info.min, info.max)
         return x.astype(dt)
 
+    def to_unit(self, targets: np.ndarray) -> np.ndarray:
+        """Targets -> the signal's nominal range mapped to [0, 1] (for SSIM, which is not
+        invariant to an offset): ``t`` for unit targets, ``(t + 1) / 2`` for signed ones."""
+        return (targets - (1.0 - self.span)) / self.span
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["extent"] = list(self.extent)
@@ -73,7 +92,8 @@ class Normalisation:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Normalisation":
-        return cls(float(d["offset"]), float(d["scale"]), str(d["dtype"]), tuple(float(e) for e in d["extent"]))
+        return cls(float(d["offset"]), float(d["scale"]), str(d["dtype"]), tuple(float(e) for e in d["extent"]),
+                   float(d.get("span", 1.0)))  # stores written before the option: unit targets
 
 
 def normalisation_for(
@@ -81,27 +101,34 @@ def normalisation_for(
     dtype: str | np.dtype,
     shape: tuple[int, ...],
     value_range: tuple[float, float] | None = None,
+    targets: str | None = None,
 ) -> Normalisation:
     """The normalisation intstream uses for a signal of this kind, dtype and grid shape.
 
-    ``value_range`` (min, max of the data) is needed for float images and for arrays.
+    ``value_range`` (min, max of the data) is needed for float images and for arrays;
+    ``targets`` is ``unit`` or ``signed`` (None: the kind's `DEFAULT_TARGETS`).
     """
     dt = np.dtype(dtype)
     extent = tuple(1.0 for _ in shape)
     if kind == "sdf":
         return Normalisation(0.0, 1.0, dt.name, extent)
+    targets = targets or DEFAULT_TARGETS[kind]
+    if targets not in TARGETS:
+        raise ValueError(f"targets must be one of {', '.join(TARGETS)} (got {targets!r})")
     if kind == "audio":
         extent = (max(shape[0], 2) / (2 * AUDIO_SAMPLES_PER_UNIT),)
-        if dt.kind in "ui":
-            info = np.iinfo(dt)
-            return Normalisation(float(info.min), 1.0 / (float(info.max) - float(info.min)), dt.name, extent)
-        return Normalisation(-1.0, 0.5, dt.name, extent)  # float audio is nominally [-1, 1]
-    if kind == "image" and dt.kind == "u":
-        return Normalisation(0.0, 1.0 / float(np.iinfo(dt).max), dt.name, extent)
-    if value_range is None:
+        info = np.iinfo(dt) if dt.kind in "ui" else None
+        lo, hi = (float(info.min), float(info.max)) if info else (-1.0, 1.0)  # float audio is nominally [-1, 1]
+    elif kind == "image" and dt.kind == "u":
+        lo, hi = 0.0, float(np.iinfo(dt).max)
+    elif value_range is None:
         raise ValueError(f"{kind} signal of dtype {dt.name} needs its value range")
-    lo, hi = float(value_range[0]), float(value_range[1])
-    return Normalisation(lo, 1.0 / (hi - lo) if hi > lo else 1.0, dt.name, extent)
+    else:
+        lo, hi = float(value_range[0]), float(value_range[1])
+    width = hi - lo if hi > lo else 1.0
+    if targets == "unit":
+        return Normalisation(lo, 1.0 / width, dt.name, extent)
+    return Normalisation(lo + width / 2, 2.0 / width, dt.name, extent, 2.0)
 
 
 def axis_coords(n: int, extent: float, start: int = 0, stop: int | None = None) -> np.ndarray:

@@ -20,6 +20,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 # name -> (arguments after the script, files the run must leave under the output folder)
 CASES = {
     "bench_teachers": (["--smoke", "--out", "{out}/teachers"], ["teachers.md", "teachers.json"]),
+    "bench_teachers:ooc": (["--smoke", "--out-of-core", "--out", "{out}/teachers_ooc"],
+                           ["teachers_ooc.md", "teachers_ooc.json"]),
+    "bench_targets": (["--smoke", "--out", "{out}/targets"], ["targets.md", "targets.json"]),
     "bench_ingest": (["--smoke", "--out", "{out}/ingest.md", "--tmp", "{out}"], ["ingest.md"]),
     # No smoke mode: the smallest useful grid instead.
     "bench_sdf_ingest": (["--resolution", "16", "--out", "{out}/sdf_ingest.md"], ["sdf_ingest.md"]),
@@ -40,9 +43,10 @@ def smoke_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess,
     env = {**os.environ, "MPLBACKEND": "Agg", "OMP_WAIT_POLICY": "PASSIVE"}
 
     def run(name):
-        out = tmp_path_factory.mktemp(name)
+        out = tmp_path_factory.mktemp(name.replace(":", "_"))
         args, _ = CASES[name]
-        cmd = [sys.executable, str(BENCH / f"{name}.py"), *(a.format(out=out) for a in args)]
+        script = name.split(":")[0]  # "script:variant" runs one script in another mode
+        cmd = [sys.executable, str(BENCH / f"{script}.py"), *(a.format(out=out) for a in args)]
         return name, (subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300), out)
 
     with ThreadPoolExecutor(max_workers=3) as pool:

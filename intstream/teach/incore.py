@@ -74,7 +74,7 @@ class InCoreTeacher:
         part = (self.coords[self.index], self.targets[self.index], self.weight)
         return Batch([part], int(self.index.shape[0]), k / self.n, interval, selected)
 
-    def train_mse(self, model: torch.nn.Module) -> tuple[float, bool]:
+    def train_mse(self, model: torch.nn.Module, exact: bool = False) -> tuple[float, bool]:
         """MSE of the current weights over every sample (measured)."""
         pred = predict(model, self.coords, batch=self.score_batch)
         return float((pred - self.targets).square().mean()), True

@@ -64,9 +64,10 @@ class Teacher(Protocol):
     def observe(self, pred: torch.Tensor) -> None:
         """The training forward's predictions for the last part handed out (free error estimates)."""
 
-    def train_mse(self, model: torch.nn.Module) -> tuple[float | None, bool]:
+    def train_mse(self, model: torch.nn.Module, exact: bool = False) -> tuple[float | None, bool]:
         """MSE of the current weights over the signal, and whether it was measured over
-        every sample (True) or estimated from the teacher's statistics (False)."""
+        every sample (True) or estimated from the teacher's statistics (False). ``exact``
+        asks for the measurement even where it costs a pass over the store."""
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit-identically after `load_state_dict`."""

@@ -125,8 +125,18 @@ class _Rounds:
     def observe(self, pred: torch.Tensor) -> None:
         pass
 
-    def train_mse(self, model) -> tuple[float | None, bool]:
-        """Sample-weighted mean of the chunks' latest MSE estimates (None before any)."""
+    def train_mse(self, model, exact: bool = False) -> tuple[float | None, bool]:
+        """Sample-weighted mean of the chunks' latest MSE estimates (None before any), or
+        with ``exact`` the MSE over every sample, streamed chunk by chunk."""
+        if exact:
+            from ..models import predict
+
+            sq = 0.0
+            for sl in self.slices:
+                coords, targets = self.store.block_samples(sl)
+                pred = predict(model, torch.from_numpy(coords), batch=self.score_batch).cpu()
+                sq += float((pred - torch.from_numpy(targets)).double().square().sum())
+            return sq / (self.n * self.store.channels), True
         seen = ~np.isnan(self.mean_sq)
         if not seen.any():
             return None, False
