@@ -138,6 +138,21 @@ def time_to(log: list[dict], target: float) -> float | None:
     return None
 
 
+def psnr_at(log: list[dict], seconds: float) -> float | None:
+    """The logged PSNR of the current weights at ``seconds`` of training (the last log line
+    at or before it; None before the first)."""
+    last = None
+    for row in log:
+        if row["train_seconds"] > seconds:
+            break
+        last = row["psnr"]
+    return last
+
+
+# Fractions of full batch's training time at which every method's PSNR is compared with full's.
+TIME_FRACTIONS = (0.1, 0.25, 0.5, 1.0)
+
+
 def read_log(run_dir: Path) -> list[dict]:
     return [json.loads(ln) for ln in (Path(run_dir) / "log.jsonl").read_text().splitlines() if ln.strip()]
 
@@ -193,6 +208,11 @@ def compare_methods(
                "steps_per_s": m["steps_per_second"], "train_psnr": m["train_psnr"]}
         # (the eval MSE only restates its PSNR)
         row.update({f"eval_{k}": v for k, v in ev.items() if isinstance(v, (int, float)) and k != "mse"})
+        if s_full:  # behind or ahead of full at the same training time, in dB
+            full_log = done["full"][1]
+            for f in TIME_FRACTIONS:
+                a, b = psnr_at(log, f * s_full), psnr_at(full_log, f * s_full)
+                row[f"vs_full_at_{f:g}x_db"] = None if a is None or b is None else round(a - b, 3)
         row.update({"target": target, "time_to_target": ttt,
                     "ttt_vs_full": None if (ttt is None or not t_full) else ttt / t_full,
                     "seconds_vs_full": None if not s_full else m["train_seconds"] / s_full, "log": log})
@@ -240,6 +260,30 @@ def pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def kodak_mosaic(edge: int, out: Path, tile: int = 256) -> Path:
+    """An ``edge``² RGB PNG tiled with ``tile``² crops of the 12 Kodak images, cycling
+    through them (three crop offsets, horizontal/vertical flips) so neighbouring tiles differ."""
+    import numpy as np
+    from PIL import Image
+
+    images = [np.asarray(Image.open(DATA / "kodak" / f"kodim{i:02d}.png").convert("RGB")) for i in range(1, 13)]
+    n = edge // tile
+    canvas = np.zeros((n * tile, n * tile, 3), np.uint8)
+    for j in range(n * n):
+        im = images[j % 12]
+        r, c = divmod(j, n)
+        y0 = min(max(0, (im.shape[0] - tile) // 2 + (j // 12 % 3 - 1) * (tile // 3)), im.shape[0] - tile)
+        x0 = (im.shape[1] - tile) // 2
+        crop = im[y0 : y0 + tile, x0 : x0 + tile]
+        if (j // 12) % 2:
+            crop = crop[:, ::-1]
+        if (j // 24) % 2:
+            crop = crop[::-1]
+        canvas[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = crop
+    Image.fromarray(canvas).save(out)
+    return out
 
 
 def warm_up(work: Path, device: str = "auto") -> None:

@@ -27,6 +27,7 @@ def ingest(
     kind: str = "auto",
     chunks: tuple[int, ...] | None = None,
     resolution: int = 256,
+    level: int = 0,
     overwrite: bool = False,
     progress: bool | None = None,
 ) -> dict:
@@ -39,17 +40,21 @@ def ingest(
     exits 2) and first removes temporaries of ``output`` that killed ingests left. A
     SIGTERM/SIGINT stops it between blocks: the temporary store is removed and
     `intstream.errors.Interrupted` raised (the CLI exits 143/130).
+
+    ``level`` picks the resolution level of a pyramidal TIFF (SVS, NDPI, OME-TIFF) or an
+    OME-Zarr image (0, the default: full resolution).
     """
     t0 = time.perf_counter()
     src = Path(source).absolute()
     out = os.fspath(output) if output is not None else default_store_path(src)  # a path or a store URL
     with StopSignals() as stop:
         return _ingest(src, out, stop, kind=kind, chunks=chunks, resolution=resolution, overwrite=overwrite,
-                       progress=progress, t0=t0)
+                       progress=progress, t0=t0, level=level)
 
 
-def _ingest(src: Path, out: Path, stop: StopSignals, *, kind, chunks, resolution, overwrite, progress, t0) -> dict:
-    reader = open_reader(src, kind, resolution=resolution)
+def _ingest(src: Path, out: Path, stop: StopSignals, *, kind, chunks, resolution, overwrite, progress, t0,
+            level=0) -> dict:
+    reader = open_reader(src, kind, resolution=resolution, level=level)
     try:
         with create_store(
             out,

@@ -38,11 +38,13 @@ def _parse_chunks(ctx, param, value):
     show_default=True,
     help="SDF grid edge for meshes.",
 )
+@click.option("--level", type=click.IntRange(0, 64), default=0, show_default=True,
+              help="Resolution level of a pyramidal TIFF (SVS, NDPI, OME-TIFF) or OME-Zarr image (0: full).")
 @options.overwrite
 @options.debug
 @stage("ingest")
-def ingest(source, output, kind, chunks, resolution, overwrite):
+def ingest(source, output, kind, chunks, resolution, level, overwrite):
     """Convert SOURCE (image, audio, mesh or array) into a chunked signal store."""
     from intstream.ingest import ingest as run
 
-    emit(run(source, output, kind=kind, chunks=chunks, resolution=resolution, overwrite=overwrite))
+    emit(run(source, output, kind=kind, chunks=chunks, resolution=resolution, level=level, overwrite=overwrite))

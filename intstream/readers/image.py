@@ -10,7 +10,7 @@ from ..errors import InputError
 
 __all__ = ["open_image"]
 
-TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8")
+TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".svs", ".ndpi")  # whole-slide scans are TIFFs too
 
 
 class PillowImage:
@@ -24,10 +24,11 @@ class PillowImage:
         Image.MAX_IMAGE_PIXELS = None  # we ingest huge images on purpose
         try:
             with Image.open(path) as im:
-                if im.format == "PNG":
-                    _refuse_16bit_colour_png(path)
-                im.load()
-                self.values = _pil_to_array(im, path)
+                if im.format == "PNG" and _is_16bit_colour_png(path):
+                    self.values = _decode_png(path)  # Pillow would drop these to 8 bits per channel
+                else:
+                    im.load()
+                    self.values = _pil_to_array(im, path)
         except InputError:
             raise
         except Exception as exc:
@@ -46,22 +47,26 @@ class PillowImage:
         self.values = None
 
 
-def _refuse_16bit_colour_png(path: Path) -> None:
-    """Pillow decodes 16-bit RGB/RGBA/gray+alpha PNGs to 8 bits per channel: refuse, don't lose bits.
+def _is_16bit_colour_png(path: Path) -> bool:
+    """Whether a PNG is 16-bit RGB/RGBA/gray+alpha, which Pillow decodes to 8 bits per channel.
 
-    (16-bit gray is fine: Pillow keeps it as ``I;16``.) No dependency we have decodes
-    these losslessly (imageio's PNG plugin is Pillow), so the user converts them.
+    (16-bit gray is fine: Pillow keeps it as ``I;16``.)
     """
     with open(path, "rb") as fh:
         head = fh.read(26)
     # Signature (8) + IHDR length/tag (8) + width, height (8) + bit depth + colour type.
-    if len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6):
-        what = {2: "RGB", 4: "gray+alpha", 6: "RGBA"}[head[25]]
-        raise InputError(
-            path,
-            f"16-bit {what} PNG is not supported (Pillow would drop it to 8 bits); "
-            "convert it to a 16-bit TIFF to ingest it losslessly",
-        )
+    return len(head) == 26 and head[12:16] == b"IHDR" and head[24] == 16 and head[25] in (2, 4, 6)
+
+
+def _decode_png(path: Path) -> np.ndarray:
+    """Decode a PNG at its own bit depth with imagecodecs (libpng/libspng), 16-bit colour included."""
+    import imagecodecs
+
+    with open(path, "rb") as fh:
+        a = imagecodecs.png_decode(fh.read())
+    if a.dtype != np.uint16:
+        raise InputError(path, f"PNG decoded to {a.dtype}, expected 16-bit samples")
+    return a
 
 
 def _pil_to_array(im, path: Path) -> np.ndarray:
@@ -84,22 +89,37 @@ def _pil_to_array(im, path: Path) -> np.ndarray:
 
 
 class TiffImage:
-    """A TIFF/BigTIFF read region by region through tifffile's Zarr interface (never whole)."""
+    """A TIFF/BigTIFF read region by region through tifffile's Zarr interface (never whole).
+
+    Whole-slide and pyramidal files (SVS, NDPI, OME-TIFF with SubIFDs, ...) hold several
+    series (the slide, a thumbnail, the label...) and levels: the first series is the
+    image, and ``level`` picks its resolution (0, the default, is the full one). Tiles
+    compressed with JPEG, LZW, Deflate, JPEG 2000... decode through imagecodecs.
+    """
 
     kind = "image"
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, level: int = 0):
         import tifffile
         import zarr
 
         try:
             self._tif = tifffile.TiffFile(path)
             series = self._tif.series[0]
+            levels = series.levels
+        except Exception as exc:
+            raise InputError(path, f"corrupt or unreadable TIFF ({exc})") from None
+        if not 0 <= level < len(levels):
+            self._tif.close()
+            have = "one level (0)" if len(levels) == 1 else f"{len(levels)} levels (0..{len(levels) - 1})"
+            raise InputError(path, f"--level {level}: the image has {have}")
+        series = levels[level]
+        try:
             axes = series.axes
-            self._zstore = self._tif.aszarr(series=0, level=0)
+            self._zstore = self._tif.aszarr(series=0, level=level)
             z = zarr.open(self._zstore, mode="r")
             if not hasattr(z, "shape"):  # a pyramid opens as a group
-                z = z["0"]
+                z = z[str(level)]
             self._z = z
         except InputError:
             raise
@@ -123,7 +143,8 @@ class TiffImage:
             raise InputError(path, f"unsupported TIFF sample type {dt.name}")
         self.dtype = dt.name
         self.path = path
-        self.meta = {}
+        self.meta = {"source_image": {"format": "ome-tiff" if self._tif.is_ome else "tiff", "series": 0,
+                                      "level": int(level), "levels": len(levels), "axes": axes}}
         self._check_not_truncated(series)
 
     def _check_not_truncated(self, series) -> None:
@@ -177,8 +198,13 @@ class TiffImage:
         self._tif.close()
 
 
-def open_image(path: Path):
-    """Open an image for block reads (TIFF streams; other formats decode once)."""
+def open_image(path: Path, level: int = 0):
+    """Open an image for block reads (TIFF streams; other formats decode once).
+
+    ``level`` is the pyramid level of a multi-resolution TIFF (0: full resolution).
+    """
     if path.suffix.lower() in TIFF_SUFFIXES:
-        return TiffImage(path)
+        return TiffImage(path, level)
+    if level:
+        raise InputError(path, f"--level {level}: the image has one level (0); levels are for pyramidal TIFFs")
     return PillowImage(path)
