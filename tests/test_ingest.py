@@ -173,13 +173,15 @@ def test_png_16bit_gray(tmp_path):
     np.testing.assert_array_equal(got, a)
 
 
-@pytest.mark.parametrize("channels", [3, 4])
-def test_png_16bit_colour_refused_not_truncated(tmp_path, channels):
-    """Pillow decodes 16-bit colour PNGs to 8 bits; ingest refuses rather than lose bits."""
-    write_png(tmp_path / "c.png", make_image((20, 30), channels, "uint16"))
-    with pytest.raises(InputError, match="16-bit"):
-        ingest(tmp_path / "c.png", tmp_path / "c.zarr")
-    assert not (tmp_path / "c.zarr").exists()
+@pytest.mark.parametrize("channels", [2, 3, 4])
+def test_png_16bit_colour_kept_at_16_bits(tmp_path, channels):
+    """Pillow decodes 16-bit colour PNGs to 8 bits; ingest decodes them with imagecodecs instead."""
+    a = make_image((20, 30), channels, "uint16")
+    write_png(tmp_path / "c.png", a)
+    ingest(tmp_path / "c.png", tmp_path / "c.zarr")
+    got = stored(tmp_path / "c.zarr")
+    assert got.dtype == np.uint16
+    np.testing.assert_array_equal(got, a)
 
 
 @pytest.mark.parametrize("fmt,suffix", [("JPEG", ".jpg"), ("WEBP", ".webp")])

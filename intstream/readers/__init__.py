@@ -17,7 +17,7 @@ from ..errors import InputError
 __all__ = ["SUFFIXES", "detect_kind", "open_reader"]
 
 SUFFIXES = {
-    "image": (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".btf", ".tf8"),
+    "image": (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".btf", ".tf8", ".svs", ".ndpi"),
     "audio": (".wav", ".flac", ".ogg", ".oga", ".mp3", ".aif", ".aiff"),
     "mesh": (".obj", ".ply", ".stl", ".off", ".glb", ".gltf"),
     "volume": (".npy", ".zarr"),
@@ -25,12 +25,14 @@ SUFFIXES = {
 
 
 def _family(path: Path) -> str | None:
+    if path.is_dir() and any((path / m).exists() for m in ("zarr.json", ".zarray", ".zgroup")):
+        from .omezarr import multiscales
+
+        return "ome" if multiscales(path) is not None else "volume"  # OME-Zarr: its metadata decides
     suffix = path.suffix.lower()
     for family, suffixes in SUFFIXES.items():
         if suffix in suffixes:
             return family
-    if path.is_dir() and ((path / "zarr.json").exists() or (path / ".zarray").exists()):
-        return "volume"
     return None
 
 
@@ -42,8 +44,12 @@ def detect_kind(path: Path) -> str:
     return {"image": "image", "audio": "audio", "mesh": "sdf", "volume": "array"}[family]
 
 
-def open_reader(path: Path, kind: str = "auto", *, resolution: int = 256):
-    """Open a reader for ``path`` as ``kind`` (``auto`` guesses from the name)."""
+def open_reader(path: Path, kind: str = "auto", *, resolution: int = 256, level: int = 0):
+    """Open a reader for ``path`` as ``kind`` (``auto`` guesses from the name).
+
+    ``level`` is the resolution level of a pyramidal TIFF (SVS, NDPI, OME-TIFF) or an
+    OME-Zarr image (0: the full resolution).
+    """
     if not path.exists():
         raise InputError(path, "no such file")
     if not path.is_dir():
@@ -55,6 +61,10 @@ def open_reader(path: Path, kind: str = "auto", *, resolution: int = 256):
         if not head:
             raise InputError(path, "empty file")
     family = _family(path)
+    if family == "ome":
+        return _open_ome(path, kind, level)
+    if level and not (family == "image" and kind in ("auto", "image")):
+        raise InputError(path, f"--level {level}: levels are for pyramidal TIFFs and OME-Zarr images")
     if kind == "auto":
         kind = detect_kind(path)
     allowed = {"image": ("image",), "audio": ("audio",), "sdf": ("mesh", "volume", "image"), "array": ("volume",)}
@@ -65,7 +75,7 @@ def open_reader(path: Path, kind: str = "auto", *, resolution: int = 256):
     if kind == "image":
         from .image import open_image
 
-        return open_image(path)
+        return open_image(path, level)
     if kind == "audio":
         from .audio import open_audio
 
@@ -77,3 +87,18 @@ def open_reader(path: Path, kind: str = "auto", *, resolution: int = 256):
     from .array import open_array
 
     return open_array(path)
+
+
+def _open_ome(path: Path, kind: str, level: int):
+    """An OME-Zarr reader: the axes metadata make it an image (y, x) or an array volume."""
+    from .omezarr import open_ome_zarr
+
+    if kind not in ("auto", "image", "array"):
+        raise InputError(path, f"--kind {kind} does not match: the file looks like an OME-Zarr image")
+    reader = open_ome_zarr(path, level)
+    if kind == "image" and reader.kind != "image":
+        raise InputError(path, f"--kind image does not match: the OME-Zarr level has {len(reader.shape)} space axes "
+                               f"({', '.join(reader.meta['source_image']['grid_axes'])}) and dtype {reader.dtype}")
+    if kind == "array":
+        reader.kind = "array"
+    return reader
