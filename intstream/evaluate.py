@@ -22,6 +22,7 @@ marching cubes can carry one plane between slabs.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import sys
@@ -317,7 +318,7 @@ def evaluate(
         if decode is None and plot is None:
             raise InputError(weights.path, f"nothing to do: the recorded store {weights.store_path} is gone "
                                            "(pass --store to score, or --decode to decode)")
-        print(f"intstream eval: store {weights.store_path} not found; decoding without metrics", file=sys.stderr)
+        logging.getLogger("intstream.eval").warning(f"store {weights.store_path} not found; decoding without metrics")
     dev = resolve_device(device)
     model = weights.model(dev)
     batch = predict_batch(weights.model_config, weights.state, batch)  # the memory plan, DESIGN §10

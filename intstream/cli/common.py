@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
+import math
 import os
 import sys
 import traceback
@@ -12,7 +14,50 @@ import click
 
 from intstream.errors import InputError
 
-__all__ = ["stage", "emit", "upstream"]
+from . import options
+
+__all__ = ["stage", "emit", "upstream", "setup_logging", "PROGRESS_STAGES"]
+
+# Stages that report progress (and so take --log-interval).
+PROGRESS_STAGES = ("ingest", "fit", "eval")
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time (CliRunner swaps it)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record):
+        text = super().format(record)
+        return text if record.levelno < logging.WARNING else f"{record.levelname.lower()}: {text}"
+
+
+def setup_logging(verbosity: int = 0, log_interval: float | None = None) -> None:
+    """The ``intstream`` logger to stderr: -q (-1) warnings only and no progress, -qq errors only,
+    0 info and progress (a bar on a terminal, a line every ``log_interval`` s otherwise), -v debug."""
+    from intstream import progress
+
+    logger = logging.getLogger("intstream")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(_Formatter("%(asctime)s %(message)s", datefmt="%Y-%m-%d %H:%M:%S"))
+        logger.addHandler(handler)
+        logger.propagate = False  # one copy on stderr even if a library configured the root logger
+    level = logging.DEBUG if verbosity > 0 else logging.INFO if verbosity == 0 else (
+        logging.WARNING if verbosity == -1 else logging.ERROR)
+    logger.setLevel(level)
+    progress.configure(enabled=False if verbosity < 0 else None, log_interval=log_interval or progress.LOG_INTERVAL)
 
 
 class BadInput(click.ClickException):
@@ -24,14 +69,19 @@ class BadInput(click.ClickException):
 def stage(name: str):
     """Wrap a command body: InputError -> exit 2, other failures -> exit 1, one line each.
 
-    Tracebacks are printed only with ``--debug`` (on the group or the command).
+    Tracebacks are printed only with ``--debug`` (on the group or the command) or ``-v``.
+    Every stage also gets ``--config`` and ``-v/-q`` here (and ``--log-interval`` when it
+    reports progress), so they mean the same everywhere.
     """
 
     def wrap(fn):
         @functools.wraps(fn)
         def run(*args, **kwargs):
             ctx = click.get_current_context()
-            debug = kwargs.pop("debug", False) or bool((ctx.find_root().obj or {}).get("debug"))
+            kwargs.pop("config", None)  # applied to the defaults before parsing (runconfig)
+            verbosity = kwargs.pop("verbose", 0) - kwargs.pop("quiet", 0)
+            setup_logging(verbosity, kwargs.pop("log_interval", None))
+            debug = kwargs.pop("debug", False) or verbosity > 0 or bool((ctx.find_root().obj or {}).get("debug"))
             try:
                 return fn(*args, **kwargs)
             except InputError as exc:
@@ -50,14 +100,27 @@ def stage(name: str):
                 msg = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
                 raise click.ClickException(f"{name} failed: {exc.__class__.__name__}: {msg}") from None
 
-        return run
+        if name in PROGRESS_STAGES:
+            run = options.log_interval(run)
+        return options.config(options.verbosity(run))
 
     return wrap
 
 
+def _finite(value):
+    """JSON has no Infinity/NaN: a non-finite number becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
 def emit(manifest: dict) -> None:
     """Write the stage's one JSON manifest line on stdout."""
-    line = json.dumps(manifest, default=str) + "\n"
+    line = json.dumps(_finite(manifest), default=str, allow_nan=False) + "\n"
     try:
         sys.stdout.write(line)
         sys.stdout.flush()

@@ -25,10 +25,37 @@ def _parse_size(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a size like 2G, 512M or 1000000") from None
 
 
-@click.command()
+def _by_kind(field: str) -> str:
+    """What runs when an option is left out, per strategy and kind: `resolve_config` itself,
+    so --help shows the values a run really gets (T after the strategy's STEPS_FACTOR)."""
+    from intstream.fit import KIND_DEFAULTS, FitConfig, resolve_config
+
+    groups: dict[str, list[str]] = {}
+    for strategy in STRATEGIES:
+        values = ", ".join(f"{kind} {getattr(resolve_config(FitConfig(strategy=strategy), kind), field):g}"
+                           for kind in KIND_DEFAULTS)
+        groups.setdefault(values, []).append(strategy)
+    if len(groups) == 1:
+        return next(iter(groups))
+    return "; ".join(f"{'/'.join(names)}: {values}" for values, names in groups.items())
+
+
+def _teacher_presets() -> str:
+    from intstream.teach.config import TeacherConfig, resolve_teacher
+
+    lines = ["\b", "Teacher presets (what each --strategy runs unless an option overrides it;",
+             "pool and weighting have no option: set them in a --config file):"]
+    for strategy in STRATEGIES:
+        cfg = resolve_teacher(strategy).to_dict()
+        lines.append(f"  {strategy}: " + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in cfg.items()
+                                                    if k != "strategy"))
+    return "\n".join(lines)
+
+
+@click.command(epilog=_teacher_presets())
 @click.argument("store", required=False)
 @options.output("Run directory (default: <store name>.run in the current folder).")
-@click.option("--steps", type=click.IntRange(1), help="Training steps T (default: 5000 images/audio, 10000 SDF).")
+@click.option("--steps", type=click.IntRange(1), help=f"Training steps T (default, by strategy and kind: {_by_kind('steps')}).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="intstream", show_default=True,
               help="Teacher: intstream (default, measured best), int (the paper's), full, random.")
 @click.option("--ratio", type=click.FloatRange(0, 1, min_open=True), help="Initial selected fraction r0 (paper: 0.2).")
@@ -41,7 +68,7 @@ def _parse_size(ctx, param, value):
 @click.option("--depth", type=click.IntRange(2), default=6, show_default=True, help="Linear layers (5 sine + 1 linear).")
 @click.option("--omega", "omega0", type=float, default=30.0, show_default=True, help="SIREN omega_0.")
 @click.option("--first-omega", "first_omega0", type=float, help="First layer's omega_0 if different (e.g. 3000 for audio).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), help="Adam learning rate (default: 1e-3 images, 1e-4 audio/SDF).")
+@click.option("--lr", type=click.FloatRange(0, min_open=True), help=f"Adam learning rate, cosine-decayed over T (default: {_by_kind('lr')}).")
 @options.seed
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), help="Stop after this many training seconds.")
 @click.option("--target-psnr", type=float, help="Stop once the training PSNR reaches this (dB).")
@@ -64,10 +91,12 @@ def fit(store, output, resume, overwrite, **opts):
 
     store_path = upstream(store, "store")
     run_dir = output or str(Path.cwd() / (Path(store_path).name.removesuffix(".zarr") + ".run"))
-    # What the user set (command line, environment), so --resume can refuse changes to it.
+    extra = click.get_current_context().meta.get("intstream.config_extra", {})  # --config keys with no option
+    # What the user set (command line, environment, --config), so --resume can refuse changes to it.
     ctx = click.get_current_context()
     explicit = {k for k in opts if ctx.get_parameter_source(k) not in (None, click.core.ParameterSource.DEFAULT)}
-    manifest = run(store_path, run_dir, FitConfig(**opts), resume=resume, overwrite=overwrite, explicit=explicit)
+    manifest = run(store_path, run_dir, FitConfig(**{**extra, **opts}), resume=resume, overwrite=overwrite,
+                   explicit=explicit | set(extra))
     if manifest["interrupted"]:
         # Before the manifest: stdout may be a pipe whose reader is gone (emit tolerates that).
         click.echo(f"intstream fit: {manifest['interrupted']}: checkpoint written at step {manifest['steps']}; "

@@ -23,6 +23,25 @@ def output(help_text: str, required: bool = False):
 
 
 def verbosity(f):
-    f = click.option("-q", "--quiet", count=True, help="Less on stderr.")(f)
-    f = click.option("-v", "--verbose", count=True, help="More on stderr.")(f)
+    f = click.option("-q", "--quiet", count=True, help="Less on stderr: no progress (-qq: errors only).")(f)
+    f = click.option("-v", "--verbose", count=True, help="More on stderr: debug logs and tracebacks.")(f)
     return f
+
+
+def log_interval(f):
+    """``--log-interval``: seconds between plain progress lines when stderr is not a terminal."""
+    from intstream.progress import LOG_INTERVAL
+
+    return click.option("--log-interval", type=click.FloatRange(0, min_open=True), default=LOG_INTERVAL,
+                        show_default=True, envvar="INTSTREAM_LOG_INTERVAL", metavar="SECONDS",
+                        help="Seconds between progress lines when stderr is not a terminal (batch logs).")(f)
+
+
+def config(f):
+    """``--config FILE``: option values from TOML (or a run's config.json); the command line wins."""
+    from .runconfig import apply_config
+
+    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=True,
+                        callback=apply_config, metavar="FILE",
+                        help="TOML file of option = value (keys: option names; a [command] table per "
+                             "stage), or a run's config.json; options given here override it.")(f)
