@@ -6,7 +6,7 @@ the way), and score the final weights with ``intstream eval``, whose PSNR is alw
 the signal's own [0, 1] scale (SNR for audio), so the two columns compare directly.
 This is the benchmark that chose `intstream.normalize.DEFAULT_TARGETS`.
 
-    python benchmarks/bench_targets.py            # the table in BENCHMARKS.md (~15 min on 2 cores)
+    python benchmarks/bench_targets.py            # the table in BENCHMARKS.md (~5 min on 2 idle cores)
     python benchmarks/bench_targets.py --smoke    # seconds, for CI
 """
 
@@ -95,15 +95,15 @@ def run(args) -> list[dict]:
 
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--kodak", type=int, nargs="*", default=[5, 8, 12])
-    ap.add_argument("--div2k", type=int, nargs="*", default=[0, 1])
-    ap.add_argument("--px", type=int, default=128, help="square crop edge")
-    ap.add_argument("--audio", type=float, default=1.0, help="seconds of LibriSpeech 00 (0: none)")
+    ap.add_argument("--kodak", type=int, nargs="*", default=[5, 12])
+    ap.add_argument("--div2k", type=int, nargs="*", default=[0])
+    ap.add_argument("--px", type=int, default=96, help="square crop edge")
+    ap.add_argument("--audio", type=float, default=0.5, help="seconds of LibriSpeech 00 (0: none)")
     ap.add_argument("--audio-omega", type=float, default=3000.0, help="first-layer omega_0 for the audio fits")
-    ap.add_argument("--array", type=int, default=128, help="edge of a generated float field (0: none)")
+    ap.add_argument("--array", type=int, default=96, help="edge of a generated float field (0: none)")
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--depth", type=int, default=4)
-    ap.add_argument("--steps", type=int, default=1000)
+    ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--out", help="results stem (default benchmarks/results/targets; smoke: none)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args(argv)
