@@ -60,6 +60,14 @@ FORMATS = {
     ".obj": ("obj", ("sdf",)),
     ".zarr": ("zarr", ("image", "audio", "sdf", "array")),
 }
+# Names ending so (checked before the suffix): viewer formats with a resolution pyramid.
+PYRAMID_FORMATS = {
+    ".ome.tif": ("ome-tiff", ("image",)),
+    ".ome.tiff": ("ome-tiff", ("image",)),
+    ".ome.zarr": ("ome-zarr", ("image", "array")),
+}
+# Pyramid levels halve the grid until its longest side fits in this many samples.
+PYRAMID_TOP = 512
 # PNG is written from one in-memory array: keep it for images a viewer can open.
 MAX_PNG_PIXELS = 1 << 26
 TIFF_TILE = 512
@@ -70,6 +78,12 @@ SDF_SLAB_SAMPLES = 1 << 21
 
 def output_format(path: str | os.PathLike, kind: str) -> str:
     """The format for an output path, checked against the signal kind."""
+    name = Path(path).name.lower()
+    for ending, (fmt, kinds) in PYRAMID_FORMATS.items():
+        if name.endswith(ending):
+            if kind not in kinds:
+                raise InputError(path, f"a {kind} signal cannot be decoded to {ending} (use {_suffixes_for(kind)})")
+            return fmt
     suffix = Path(path).suffix.lower()
     if suffix not in FORMATS:
         known = ", ".join(sorted(FORMATS))
@@ -81,7 +95,7 @@ def output_format(path: str | os.PathLike, kind: str) -> str:
 
 
 def _suffixes_for(kind: str) -> str:
-    return ", ".join(s for s, (_, kinds) in FORMATS.items() if kind in kinds)
+    return ", ".join(s for s, (_, kinds) in {**FORMATS, **PYRAMID_FORMATS}.items() if kind in kinds)
 
 
 def parse_shape(text: str | None, ndim: int) -> tuple[int, ...] | None:
@@ -226,6 +240,145 @@ class _TIFF:
             compressionargs={"level": 1},  # the network, not zlib, should set the pace
             **extra,
         )
+
+
+def pyramid_shapes(shape: tuple[int, ...]) -> list[tuple[int, ...]]:
+    """Grid shapes of a resolution pyramid: ``shape``, then halved (rounded up) until the
+    longest side is at most `PYRAMID_TOP`."""
+    levels = [tuple(shape)]
+    while max(levels[-1]) > PYRAMID_TOP:
+        levels.append(tuple(-(-n // 2) for n in levels[-1]))
+    return levels
+
+
+class _Levels:
+    """Renders the reduced levels of a pyramid from the weights themselves.
+
+    Level ``k`` is the network evaluated on a grid twice as fine as the level's and
+    averaged over each 2 x 2 (x 2) cell: a box filter, so a reduced level shows the
+    signal, not the aliasing a point sample of a fine signal would give. The model is
+    built on the CPU (or the default device) from the weights the writer decodes.
+    """
+
+    def __init__(self, weights, norm: Normalisation, batch: int = 65536):
+        self.weights, self.norm, self.batch = weights, norm, batch
+        self._model = None
+
+    def blocks(self, shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[tuple[tuple[slice, ...], np.ndarray]]:
+        """``(slices, stored values)`` of ``shape`` in row-major blocks of ``block``."""
+        if self._model is None:
+            self._model = self.weights.model(resolve_device("auto"))
+            self.batch = predict_batch(self.weights.model_config, self.weights.state, self.batch)
+        fine = tuple(2 * n for n in shape)
+        extent = self.weights.norm.extent
+        for sl in block_slices(shape, block):
+            fsl = tuple(slice(2 * x.start, 2 * x.stop) for x in sl)
+            _, pred = next(predict_blocks(self._model, fine, extent, [fsl], batch=self.batch))
+            cells = []
+            for x in sl:
+                cells += [x.stop - x.start, 2]
+            pred = pred.reshape(tuple(cells) + (pred.shape[-1],)).mean(axis=tuple(range(1, 2 * len(sl), 2)))
+            yield sl, self.norm.inverse(pred)
+
+
+class _OMETIFF:
+    """A tiled, pyramidal OME-TIFF (BigTIFF; reduced levels in SubIFDs), written by tifffile.
+
+    QuPath, napari (tifffile), Bio-Formats and OpenSlide-style viewers open it at any zoom.
+    Level 0 streams from the decode's blocks; the others come from `_Levels`.
+    """
+
+    def __init__(self, tmp: Path, shape, channels: int, norm: Normalisation, weights):
+        self.tmp, self.shape, self.channels, self.norm = tmp, tuple(shape), channels, norm
+        self.block = (TIFF_TILE, TIFF_TILE)
+        self.levels = pyramid_shapes(self.shape)
+        self._render = _Levels(weights, norm)
+
+    def consume(self, blocks):
+        import tifffile
+
+        dt = np.dtype(self.norm.dtype)
+        squeeze = self.channels == 1
+
+        def tiles(pairs):
+            for _, v in pairs:
+                yield v[..., 0] if squeeze else v
+
+        rgb = self.channels in (3, 4) and dt == np.uint8
+        opts = dict(
+            dtype=dt,
+            tile=self.block,
+            photometric="rgb" if rgb else "minisblack",
+            planarconfig=None if squeeze else "contig",
+            compression="zlib",
+            compressionargs={"level": 1},
+            **({"extrasamples": [2]} if self.channels == 4 and rgb else {}),
+        )
+        level_shape = lambda shp: shp if squeeze else shp + (self.channels,)  # noqa: E731
+        with tifffile.TiffWriter(self.tmp, bigtiff=True, ome=True) as tif:
+            tif.write(
+                data=tiles((sl, self.norm.inverse(pred)) for sl, pred in blocks),
+                shape=level_shape(self.shape),
+                subifds=len(self.levels) - 1,
+                metadata={"axes": "YX" if squeeze else "YXS", "Name": "intstream decode"},
+                **opts,
+            )
+            for shp in self.levels[1:]:
+                tif.write(data=tiles(self._render.blocks(shp, self.block)), shape=level_shape(shp),
+                          subfiletype=1, **opts)
+
+
+class _OMEZarr:
+    """An OME-Zarr (NGFF 0.5, Zarr v3) image with a multiscales pyramid: arrays ``0``, ``1``...
+
+    Axes are ``c, y, x`` for images and ``c, z, y, x`` (or ``c, y, x``) for 3-D/2-D
+    arrays, with a ``scale`` transform per level; the metadata is written by the
+    ``ome-zarr`` package so napari's ome-zarr reader and QuPath open it.
+    """
+
+    def __init__(self, tmp: Path, shape, channels: int, norm: Normalisation, weights):
+        if len(shape) not in (2, 3):
+            raise InputError(None, f"OME-Zarr holds 2-D or 3-D images; this signal has {len(shape)} axes (write .zarr)")
+        try:
+            import ome_zarr.writer  # noqa: F401
+        except ImportError:
+            raise InputError(None, "decoding to .ome.zarr needs the ome-zarr package (pip install 'intstream[ome]')") from None
+        self.tmp, self.shape, self.channels, self.norm = tmp, tuple(shape), channels, norm
+        edge = TIFF_TILE if len(shape) == 2 else 64
+        self.block = tuple(min(edge, n) for n in shape)
+        self.levels = pyramid_shapes(self.shape)
+        self._render = _Levels(weights, norm)
+
+    def _write(self, array, pairs) -> None:
+        for sl, v in pairs:
+            array[(slice(None),) + tuple(sl)] = np.moveaxis(v, -1, 0)
+
+    def consume(self, blocks):
+        import zarr
+        from ome_zarr.format import FormatV05
+        from ome_zarr.writer import write_multiscales_metadata
+        from zarr.codecs import BloscCodec
+
+        dt = np.dtype(self.norm.dtype)
+        group = zarr.open_group(str(self.tmp), mode="w", zarr_format=3)
+        arrays = []
+        for k, shp in enumerate(self.levels):
+            arrays.append(group.create_array(
+                str(k), shape=(self.channels,) + shp, chunks=(self.channels,) + tuple(min(b, n) for b, n in zip(self.block, shp)),
+                dtype=dt, fill_value=0, compressors=BloscCodec(cname="zstd", clevel=3),
+                dimension_names=["c"] + (["y", "x"] if len(shp) == 2 else ["z", "y", "x"]),
+            ))
+        self._write(arrays[0], ((sl, self.norm.inverse(pred)) for sl, pred in blocks))
+        for k, shp in enumerate(self.levels[1:], start=1):
+            self._write(arrays[k], self._render.blocks(shp, self.block))
+        spatial = ["y", "x"] if len(self.shape) == 2 else ["z", "y", "x"]
+        axes = [{"name": "c", "type": "channel"}] + [{"name": a, "type": "space"} for a in spatial]
+        datasets = [
+            {"path": str(k), "coordinateTransformations": [
+                {"type": "scale", "scale": [1.0] + [n0 / n for n0, n in zip(self.shape, shp)]}]}
+            for k, shp in enumerate(self.levels)
+        ]
+        write_multiscales_metadata(group, datasets, fmt=FormatV05(), axes=axes, name="intstream decode")
 
 
 class _Audio:
@@ -464,6 +617,10 @@ def open_writer(path: str | os.PathLike, weights, shape: tuple[int, ...], *, ove
                 writer = _PNG(tmp, shape, channels, norm)
             elif fmt == "tiff":
                 writer = _TIFF(tmp, shape, channels, norm)
+            elif fmt == "ome-tiff":
+                writer = _OMETIFF(tmp, shape, channels, norm, weights)
+            elif fmt == "ome-zarr":
+                writer = _OMEZarr(tmp, shape, channels, norm, weights)
             elif fmt in ("wav", "flac"):
                 rate = weights.signal.get("sample_rate")
                 if not rate:

@@ -21,6 +21,9 @@ from intstream import open_store
 from intstream.cli import main
 from intstream.testing import make_image, write_png
 
+# ome-zarr's writer module declares a deprecated default argument at import time.
+pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated class Scaler:DeprecationWarning")
+
 
 def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
@@ -174,3 +177,68 @@ def test_plain_zarr_group_still_needs_one_array(tmp_path):
     g.create_array("a", shape=(4, 4, 1), dtype="uint8")
     g.create_array("b", shape=(4, 4, 1), dtype="uint8")
     refused(run("ingest", tmp_path / "g.zarr", "-o", tmp_path / "o.zarr"), "2 arrays")
+
+
+# -- decode to viewer formats ----------------------------------------------------------
+@pytest.fixture(scope="module")
+def fitted_run(tmp_path_factory):
+    from intstream.testing import make_image_store
+
+    d = tmp_path_factory.mktemp("fit")
+    store = make_image_store(d / "s.zarr", (48, 64), chunks=(16, 32), channels=3, seed=2)
+    ok(run("fit", store, "-o", d / "run", "--steps", "3", "--width", "16", "--depth", "2"))
+    return d / "run"
+
+
+SHAPE = ("128", "160")  # with a 64-sample pyramid top: levels 128x160, 64x80, 32x40
+
+
+@pytest.fixture(autouse=True)
+def small_pyramid_top(monkeypatch):
+    """Halve down to 64 samples instead of 512, so small decodes have three levels (in-process CLI)."""
+    import importlib
+
+    # the module, not the intstream.decode function the package namespace exports
+    monkeypatch.setattr(importlib.import_module("intstream.decode"), "PYRAMID_TOP", 64)
+
+
+def test_decode_pyramidal_ome_tiff(fitted_run, tmp_path):
+    import tifffile
+
+    out = tmp_path / "o.ome.tif"
+    ev = ok(run("eval", fitted_run, "--metrics", "none", "--decode", out, "--shape", ",".join(SHAPE)))
+    assert ev["decoded"] == str(out)
+    with tifffile.TiffFile(out) as tif:
+        assert tif.is_ome and tif.is_bigtiff
+        series = tif.series[0]
+        assert series.axes == "YXS"
+        assert [lvl.shape for lvl in series.levels] == [(128, 160, 3), (64, 80, 3), (32, 40, 3)]
+        assert tif.pages[0].is_tiled and tif.pages[0].subifds
+        levels = [lvl.asarray() for lvl in series.levels]
+        assert tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]["SizeC"] == 3
+    flat = tmp_path / "flat.tif"  # level 0 is the plain decode at that shape
+    ok(run("eval", fitted_run, "--metrics", "none", "--decode", flat, "--shape", ",".join(SHAPE)))
+    np.testing.assert_array_equal(levels[0], tifffile.imread(flat))
+    # level 1 renders the 2x finer grid (= level 0's) and box-averages it: within rounding
+    box = levels[0].astype(np.float64).reshape(64, 2, 80, 2, 3).mean(axis=(1, 3))
+    assert np.abs(levels[1] - box).max() <= 1.0
+
+
+def test_decode_ome_zarr_multiscales_and_reingest(fitted_run, tmp_path):
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    out = tmp_path / "o.ome.zarr"
+    ok(run("eval", fitted_run, "--metrics", "none", "--decode", out, "--shape", ",".join(SHAPE)))
+    node = list(Reader(parse_url(str(out)))())[0]  # how napari's ome-zarr plugin reads it
+    assert [a["name"] for a in node.metadata["axes"]] == ["c", "y", "x"]
+    assert [tuple(d.shape) for d in node.data] == [(3, 128, 160), (3, 64, 80), (3, 32, 40)]
+    scales = [t[0]["scale"] for t in node.metadata["coordinateTransformations"]]
+    assert scales == [[1.0, 1.0, 1.0], [1.0, 2.0, 2.0], [1.0, 4.0, 4.0]]
+    level0 = np.asarray(node.data[0])
+    plain = tmp_path / "p.zarr"
+    ok(run("eval", fitted_run, "--metrics", "none", "--decode", plain, "--shape", ",".join(SHAPE)))
+    np.testing.assert_array_equal(np.moveaxis(level0, 0, -1), stored(plain))
+    m = ok(run("ingest", out, "-o", tmp_path / "back.zarr"))  # our own OME-Zarr reader takes it back
+    assert m["kind"] == "image" and m["shape"] == [128, 160] and m["channels"] == 3
+    np.testing.assert_array_equal(stored(tmp_path / "back.zarr"), stored(plain))
