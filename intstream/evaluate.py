@@ -171,11 +171,11 @@ class _Scorer:
 
 
 def _num(x: float | None):
-    """JSON-safe numbers: inf/nan become strings rather than invalid JSON."""
+    """JSON-safe numbers: inf/nan become null (a lossless PSNR is null beside an mse of 0)."""
     if x is None:
         return None
     x = float(x)
-    return x if math.isfinite(x) else str(x)
+    return x if math.isfinite(x) else None
 
 
 def _grow(block, shape, r):
@@ -362,6 +362,11 @@ def evaluate(
         manifest["mb_per_s"] = round(st.nbytes / 1e6 / t_score, 3)
     if weights.summary:
         manifest["train_psnr"] = weights.summary.get("train_psnr")
+    if manifest["weights"] is not None and weights.path.is_file():
+        # The rate beside the distortion, under export's names (one name per figure across stages).
+        nbytes = weights.path.stat().st_size
+        manifest["bytes"] = nbytes
+        manifest["bits_per_sample"] = round(8 * nbytes / math.prod(weights.shape), 6)
     return manifest
 
 

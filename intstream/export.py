@@ -316,8 +316,6 @@ def export_weights(
         "compression_ratio": round(raw / nbytes, 4),
         "bits_per_sample": round(8 * nbytes / n_samples, 6),
     }
-    if signal["kind"] == "image":
-        manifest["bpp"] = manifest["bits_per_sample"]
     manifest.update({
         "kind": signal["kind"],
         "shape": shape,

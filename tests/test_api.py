@@ -80,6 +80,11 @@ def test_pipeline_through_the_api(pipeline, crop):
     assert store["shape"] == [48, 64] and run["steps"] == 150
     m = intstream.evaluate(weights["weights"], progress=False)
     assert m["metrics"]["psnr"] > 15 and json.loads(json.dumps(m)) == m
+    # manifests name each figure once: the rate is bits_per_sample in export and eval alike
+    assert "bpp" not in weights and m["bits_per_sample"] == weights["bits_per_sample"]
+    assert weights["compression_ratio"] == pytest.approx(weights["raw_bytes"] / weights["bytes"], rel=1e-3)
+    assert weights["source_bytes"] == crop.stat().st_size
+    assert weights["source_ratio"] == pytest.approx(crop.stat().st_size / weights["bytes"], rel=1e-3)
     # a run's config.json feeds fit again as its config
     cfg = json.loads((run_dir := __import__("pathlib").Path(run["run_dir"])).joinpath("config.json").read_text())
     assert cfg["fit"]["steps"] == 150 and cfg["fit"]["width"] == 32
