@@ -63,7 +63,9 @@ class FitConfig:
     target_psnr
         Stop once the training PSNR reaches this (dB), or None.
     memory_budget
-        Bytes the training data may take; above it, fit runs out of core in rounds.
+        Bytes the whole process may take at its peak (RSS): `intstream.plan` chooses in core or
+        rounds, the training and scoring batches and the round size to fit it (DESIGN §10);
+        no plan fits -> `InputError` before the run directory exists.
     scheduler
         Dask scheduler for out-of-core rounds: None (local threads) or a
         dask.distributed address.

@@ -75,7 +75,7 @@ def _teacher_presets() -> str:
 @options.device
 @click.option("--scheduler", help="dask.distributed scheduler address for out-of-core rounds (default: local threads).")
 @click.option("--memory-budget", callback=_parse_size, default="2G", show_default=True,
-              help="Memory for training data; larger signals train out of core.")
+              help="Peak memory (RSS) of the whole fit; the plan (in core or rounds, batches) fits it, or fit refuses.")
 @click.option("--log-every", type=click.IntRange(1), default=100, show_default=True, help="Steps between log lines.")
 @click.option("--checkpoint-every", type=click.FloatRange(0), default=300.0, show_default=True,
               help="Seconds between checkpoints.")
