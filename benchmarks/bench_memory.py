@@ -92,7 +92,7 @@ def run_row(case: dict, mode: str, budget: int, tmp: Path, fixed_mib: float, arg
     from intstream.store import open_store
 
     n = open_store(store).n_samples
-    row = {"signal": case["name"], "samples": n, "mode": mode, "model": case.get("model", "SIREN 3x64"),
+    row = {"signal": case["name"], "samples": n, "mode": mode, "model": None, "params": None,
            "budget_mib": budget // MiB}
     cmd = intstream_cmd() + ["fit", str(store), "-o", str(tmp / "run"), "--overwrite", "--steps", str(args.steps),
                              "--memory-budget", str(budget), "--log-every", str(args.steps), "--seed", "0",
@@ -106,6 +106,10 @@ def run_row(case: dict, mode: str, budget: int, tmp: Path, fixed_mib: float, arg
         return row
     m = manifest_of(proc)
     plan = m["plan"]
+    mc = json.loads((tmp / "run" / "config.json").read_text())["model"]
+    tiles = f", {'x'.join(map(str, mc['tile']))} tiles" if mc.get("model") == "tiled" else ""
+    row["model"] = f"{mc.get('model', 'single')} SIREN {mc['depth']}x{mc['width']}{tiles}{case.get('model', '')}"
+    row["params"] = m["params"]
     limit = budget / MiB * 1.1 + fixed_mib
     row.update(planned="in core" if plan["in_core"] else "rounds", batch=plan["batch"],
                score_batch=plan["score_batch"], round_chunks=plan["round_chunks"],
@@ -119,14 +123,16 @@ def run_row(case: dict, mode: str, budget: int, tmp: Path, fixed_mib: float, arg
 def cases_for(args) -> list[tuple[dict, str, int]]:
     """(case, mode, budget) rows of the run."""
     img = lambda mp, edge: {"id": f"img{edge}", "name": f"image {mp} MP ({edge}²)", "kind": "image", "edge": edge}
-    default_model = {"opts": [], "model": "SIREN 6x256 (default)"}
+    default_model = {"opts": [], "model": " (default)"}
+    paper_model = {"opts": ["--model", "single", "--width", "256", "--depth", "6"], "model": " (the paper's)"}
     sdf = {"id": "sdf256", "name": "SDF 256³ (sphere)", "kind": "sdf", "edge": 256}
     audio = {"id": "audio1h", "name": "audio 1 h, 16 kHz", "kind": "audio", "seconds": 3600.0}
     if args.smoke:
         tiny = {"id": "img64", "name": "image 64²", "kind": "image", "edge": 64}
         return [(tiny, "in core", GiB), (tiny, "rounds", GiB)]
     rows = [
-        ({**img(1, 1024), **default_model, "id": "img1024"}, "in core", GiB),
+        ({**img(0.26, 512), **paper_model}, "in core", 768 * MiB),
+        ({**img(1, 1024), **default_model}, "in core", GiB),
         (img(1, 1024), "rounds", GiB),
         (img(16, 4096), "in core", 2 * GiB),
         (img(16, 4096), "rounds", GiB),
@@ -172,7 +178,7 @@ def main(argv=None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
     minutes = (time.perf_counter() - t0) / 60
     ok = all(r.get("ok") for r in rows)
-    cols = ["signal", "samples", "mode", "model", "budget_mib", "planned", "batch", "score_batch", "round_chunks",
+    cols = ["signal", "samples", "mode", "model", "params", "budget_mib", "planned", "batch", "score_batch", "round_chunks",
             "estimate_mib", "peak_rss_mib", "peak_over_budget", "limit_mib", "ok", "fit_s", "load", "error"]
     table = [{c: r.get(c) for c in cols if any(c in x for x in rows)} for r in rows]
     text = (f"## Memory: --memory-budget vs measured peak RSS of `intstream fit`\n\n"

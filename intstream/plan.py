@@ -73,6 +73,11 @@ MIN_BATCH = 1024
 MIN_SCORE_BATCH = 1024
 DEFAULT_SCORE_BATCH = 65536
 
+# The tiled SIREN bank (DESIGN §9) evaluates 1-2^d tiles per sample, pads groups and
+# copies each group's tile weights. Measured (probe: one Adam step, grid 2048², batch 32k
+# and 128k): 1.14-1.95x the MLP formula for tiles of 64²-256², widths 32-128. Factor 2.
+TILED_FACTOR = 2
+
 
 def train_bytes_per_sample(width: int, depth: int, ndim: int = 3, channels: int = 3) -> int:
     """RSS per sample of one training forward + backward (autograd) of a ``depth`` x ``width`` MLP.
@@ -138,9 +143,12 @@ def _round_bytes(strategy: str, weighting: str, *, n: int, ndim: int, channels: 
 
 def _chunk_work_bytes(chunk_samples: int, ndim: int, channels: int, itemsize: int) -> int:
     """One chunk task in flight: raw values, targets, coords (+ mesh), outputs (+ cat),
-    L1 errors, float64 squared errors, local indices and draws."""
+    L1 errors (float32 and float64), draw probabilities and their CDF, float64 squared
+    errors; ~140 B per RGB sample by count. Calibrated up to ``itemsize C + 40 C + 16 d +
+    64`` (219 B) by bench_memory: a 1024² chunk scored in rounds while training measured
+    ~90 MiB above the count (a second thread's malloc arena)."""
     d, c = ndim, channels
-    return chunk_samples * (itemsize * c + 4 * c + 8 * d + 8 * c + 4 + 8 * c + 8 + 24)
+    return chunk_samples * (itemsize * c + 40 * c + 16 * d + 64)
 
 
 @dataclass(frozen=True)
@@ -217,6 +225,7 @@ def plan_fit(
     out_of_core: bool = False,
     round_chunks: int | None = None,
     threads: int = 1,
+    tiled: bool = False,
 ) -> MemoryPlan:
     """Choose in core vs rounds, the batches and the round size for a fit within ``budget``.
 
@@ -239,6 +248,8 @@ def plan_fit(
         Chunks per round chosen by the user (None = planned).
     threads
         Dask threads scoring chunks at once.
+    tiled
+        The model is a tiled SIREN bank (``width`` and ``depth`` are each tile's).
 
     Raises
     ------
@@ -249,8 +260,9 @@ def plan_fit(
     n = max(1, int(n_samples))
     chunk_samples = max(1, min(int(chunk_samples), n))
     k_max = max(1, int(math.floor(ratio_max * n + 1e-9))) if strategy != "full" else n
-    tps = train_bytes_per_sample(width, depth, d, c)
-    sps = score_bytes_per_sample(width, d, c)
+    factor = TILED_FACTOR if tiled else 1
+    tps = factor * train_bytes_per_sample(width, depth, d, c)
+    sps = factor * score_bytes_per_sample(width, d, c)
     base = {"fixed": FIXED_BYTES, "params": int(params) * PARAM_BYTES}
 
     # -- in core ---------------------------------------------------------------------
@@ -303,7 +315,7 @@ def plan_fit(
 
 
 def plan_predict(budget: int, *, width: int, params: int = 0, ndim: int = 3, channels: int = 3,
-                 block_samples: int = 0, batch: int | None = None) -> MemoryPlan:
+                 block_samples: int = 0, batch: int | None = None, tiled: bool = False) -> MemoryPlan:
     """The scoring batch of eval and decode within ``budget``.
 
     ``block_samples`` is the largest block streamed at once (its coordinates, values,
@@ -311,7 +323,7 @@ def plan_predict(budget: int, *, width: int, params: int = 0, ndim: int = 3, cha
     capped to what fits.
     """
     d, c = ndim, channels
-    sps = score_bytes_per_sample(width, d, c)
+    sps = (TILED_FACTOR if tiled else 1) * score_bytes_per_sample(width, d, c)
     terms = {"fixed": FIXED_BYTES, "params": int(params) * 8,
              "blocks": int(block_samples) * (2 * (4 * d + 12 * c) + 16)}
     left = budget - _fits(terms)
@@ -340,7 +352,7 @@ def plan_for_store(budget: int, store, *, model_cfg, params: int, teacher_cfg, t
         n_chunks=len(store.chunk_slices()), width=model_cfg.width, depth=model_cfg.depth, params=params,
         strategy=teacher_cfg.strategy, weighting=teacher_cfg.weighting, pool=teacher_cfg.pool,
         ratio_max=1.0 if teacher_cfg.strategy == "full" else ratio_max, out_of_core=out_of_core,
-        round_chunks=round_chunks, threads=threads)
+        round_chunks=round_chunks, threads=threads, tiled=getattr(model_cfg, "model", "single") == "tiled")
 
 
 def peak_rss_bytes() -> int:
@@ -363,4 +375,5 @@ def predict_batch(model_config: dict, state: dict, batch: int | None = None, bud
     width = int(model_config.get("width", 256))
     params = sum(math.prod(getattr(t, "shape", ())) for t in state.values())
     return plan_predict(budget, width=width, params=params, ndim=int(model_config.get("in_dim", 3)),
-                        channels=int(model_config.get("out_dim", 3)), batch=batch).score_batch
+                        channels=int(model_config.get("out_dim", 3)), batch=batch,
+                        tiled=model_config.get("model", "single") == "tiled").score_batch

@@ -23,7 +23,7 @@ IMAGE_2K = dict(n_samples=2048 * 2048, ndim=2, channels=3, itemsize=1, chunk_sam
 
 def test_plan_is_monotone_in_the_budget_and_within_it():
     last, modes = None, []
-    for budget in [600 * MiB, 768 * MiB, 1 * GiB, 2 * GiB, 4 * GiB, 16 * GiB]:
+    for budget in [768 * MiB, 900 * MiB, 1 * GiB, 2 * GiB, 4 * GiB, 16 * GiB]:
         plan = plan_fit(budget, **IMAGE_2K)
         assert plan.estimated_bytes <= budget
         assert sum(plan.terms.values()) == plan.estimated_bytes
