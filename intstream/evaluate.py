@@ -288,8 +288,7 @@ def evaluate(
         The manifest: weights / run dir, store, metrics, decoded path, plots, seconds,
         and the scoring throughput in MB/s of raw signal.
     """
-    from .atomic import check_output_path
-    from .decode import open_writer, output_format, output_location, parse_shape, predict_blocks, resolve_device
+    from .decode import check_decode_output, open_writer, output_location, parse_shape, predict_blocks, resolve_device
     from .export import load_source
 
     t0 = time.perf_counter()
@@ -301,9 +300,8 @@ def evaluate(
     if dec_shape is not None and decode is None:
         raise InputError(None, "--shape needs --decode (metrics are computed on the store's own grid)")
     dec_shape = dec_shape or weights.shape
-    if decode is not None:
-        output_format(decode, kind)
-        check_output_path(decode, overwrite=overwrite)
+    if decode is not None:  # refused up front: wrong format, an input's path, too big for memory or disk
+        check_decode_output(decode, weights, dec_shape, overwrite=overwrite, inputs=(store,) if store else ())
     plot_dir = None
     if plot is not None:
         from .plots import check_plot_dir

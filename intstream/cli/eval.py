@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from . import options
+from . import Command, options
 from .common import emit, stage, upstream
 
 
-@click.command(name="eval")
+@click.command(name="eval", cls=Command)
 @click.argument("source", required=False)
 @click.option("--store", type=click.Path(), help="Store to score against (default: the one recorded at fit time).")
 @click.option(
@@ -21,7 +21,7 @@ from .common import emit, stage, upstream
 @click.option("--shape", help="Decode at another grid shape, e.g. 1536,1024.")
 @options.device
 @click.option("--plot", type=click.Path(), help="Folder for diagnostic PNG plots (needs matplotlib).")
-@click.option("--batch", type=click.IntRange(1), default=65536, show_default=True, help="Samples per forward pass.")
+@click.option("--batch", type=click.IntRange(1, options.MAX_COUNT), default=65536, show_default=True, help="Samples per forward pass.")
 @options.overwrite
 @options.debug
 @stage("eval")

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import click
 
-from . import options
+from . import Command, options
 from .common import emit, stage, upstream
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("source", required=False)
 @options.output("Weights file to write (.safetensors).", required=True)
 @click.option(

@@ -8,21 +8,8 @@ import click
 
 from intstream.teach.config import STRATEGIES
 
-from . import options
+from . import Command, options
 from .common import emit, stage, upstream
-
-
-def _parse_size(ctx, param, value):
-    if value is None:
-        return None
-    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
-    v = value.strip().lower().removesuffix("ib").removesuffix("b")
-    try:
-        if v and v[-1] in units:
-            return int(float(v[:-1]) * units[v[-1]])
-        return int(float(v))
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a size like 2G, 512M or 1000000") from None
 
 
 def _by_kind(field: str) -> str:
@@ -52,32 +39,44 @@ def _teacher_presets() -> str:
     return "\n".join(lines)
 
 
-@click.command(epilog=_teacher_presets())
+def _check_interval(ctx, param, value):
+    if value is None:
+        return None
+    from intstream.teach.schedules import parse_interval
+
+    try:
+        parse_interval(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
+@click.command(cls=Command, epilog=_teacher_presets())
 @click.argument("store", required=False)
 @options.output("Run directory (default: <store name>.run in the current folder).")
-@click.option("--steps", type=click.IntRange(1), help=f"Training steps T (default, by strategy and kind: {_by_kind('steps')}).")
+@click.option("--steps", type=click.IntRange(1, options.MAX_COUNT), help=f"Training steps T (default, by strategy and kind: {_by_kind('steps')}).")
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="intstream", show_default=True,
               help="Teacher: intstream (default, measured best), int (the paper's), full, random.")
-@click.option("--ratio", type=click.FloatRange(0, 1, min_open=True), help="Initial selected fraction r0 (paper: 0.2).")
+@click.option("--ratio", type=options.FiniteFloat(0, 1, min_open=True), help="Initial selected fraction r0 (paper: 0.2).")
 @click.option("--ratio-schedule", type=click.Choice(["constant", "linear", "step", "cosine"]), help="How the ratio grows.")
-@click.option("--interval-schedule", help="Reselection interval: dense, incremental or fixed:N.")
-@click.option("--random-share", type=click.FloatRange(0, 1), help="Share of each selection drawn at random.")
+@click.option("--interval-schedule", callback=_check_interval, help="Reselection interval: dense, incremental or fixed:N.")
+@click.option("--random-share", type=options.FiniteFloat(0, 1), help="Share of each selection drawn at random.")
 @click.option("--score-dtype", type=click.Choice(["float32", "bfloat16"]), help="Precision of the scoring forward.")
 @click.option("--arch", type=click.Choice(["siren", "fourier"]), default="siren", show_default=True)
-@click.option("--width", type=click.IntRange(1), default=256, show_default=True, help="Hidden units per layer.")
-@click.option("--depth", type=click.IntRange(2), default=6, show_default=True, help="Linear layers (5 sine + 1 linear).")
-@click.option("--omega", "omega0", type=float, default=30.0, show_default=True, help="SIREN omega_0.")
-@click.option("--first-omega", "first_omega0", type=float, help="First layer's omega_0 if different (e.g. 3000 for audio).")
-@click.option("--lr", type=click.FloatRange(0, min_open=True), help=f"Adam learning rate, cosine-decayed over T (default: {_by_kind('lr')}).")
+@click.option("--width", type=click.IntRange(1, 1 << 16), default=256, show_default=True, help="Hidden units per layer.")
+@click.option("--depth", type=click.IntRange(2, 1024), default=6, show_default=True, help="Linear layers (5 sine + 1 linear).")
+@click.option("--omega", "omega0", type=options.FiniteFloat(0, min_open=True), default=30.0, show_default=True, help="SIREN omega_0.")
+@click.option("--first-omega", "first_omega0", type=options.FiniteFloat(0, min_open=True), help="First layer's omega_0 if different (e.g. 3000 for audio).")
+@click.option("--lr", type=options.FiniteFloat(0, min_open=True), help=f"Adam learning rate, cosine-decayed over T (default: {_by_kind('lr')}).")
 @options.seed
-@click.option("--time-budget", type=click.FloatRange(0, min_open=True), help="Stop after this many training seconds.")
-@click.option("--target-psnr", type=float, help="Stop once the training PSNR reaches this (dB).")
+@click.option("--time-budget", type=options.FiniteFloat(0, min_open=True), help="Stop after this many training seconds.")
+@click.option("--target-psnr", type=options.FiniteFloat(), help="Stop once the training PSNR reaches this (dB).")
 @options.device
 @click.option("--scheduler", help="dask.distributed scheduler address for out-of-core rounds (default: local threads).")
-@click.option("--memory-budget", callback=_parse_size, default="2G", show_default=True,
+@click.option("--memory-budget", type=options.Size(), default="2G", show_default=True,
               help="Peak memory (RSS) of the whole fit; the plan (in core or rounds, batches) fits it, or fit refuses.")
-@click.option("--log-every", type=click.IntRange(1), default=100, show_default=True, help="Steps between log lines.")
-@click.option("--checkpoint-every", type=click.FloatRange(0), default=300.0, show_default=True,
+@click.option("--log-every", type=click.IntRange(1, options.MAX_COUNT), default=100, show_default=True, help="Steps between log lines.")
+@click.option("--checkpoint-every", type=options.FiniteFloat(0), default=300.0, show_default=True,
               help="Seconds between checkpoints.")
 @click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint (fresh start if none).")
 @options.overwrite

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from . import options
+from . import Command, options
 from .common import emit, stage
 
 
@@ -17,10 +17,12 @@ def _parse_chunks(ctx, param, value):
         raise click.BadParameter(f"{value!r} is not a list of integers like 1024,1024") from None
     if any(c < 1 for c in chunks):
         raise click.BadParameter(f"{value!r}: chunk sizes must be positive")
+    if any(c > options.MAX_COUNT for c in chunks):
+        raise click.BadParameter(f"{value!r}: chunk sizes must be at most {options.MAX_COUNT}")
     return chunks
 
 
-@click.command()
+@click.command(cls=Command)
 @click.argument("source", type=click.Path(dir_okay=True, path_type=str))
 @options.output("Store to write (default: <name>.zarr in the current folder).")
 @click.option(
@@ -38,13 +40,24 @@ def _parse_chunks(ctx, param, value):
     show_default=True,
     help="SDF grid edge for meshes.",
 )
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1, 1 << 48),
+    envvar="INTSTREAM_MAX_PIXELS",
+    help="Largest PNG/JPEG/WebP/BMP to decode (they are decoded whole; default 2**28, a 16384² image; "
+    "env INTSTREAM_MAX_PIXELS). Guards against decompression bombs; TIFFs stream and have no limit.",
+)
 @click.option("--level", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Resolution level of a pyramidal TIFF (SVS, NDPI, OME-TIFF) or OME-Zarr image (0: full).")
 @options.overwrite
 @options.debug
 @stage("ingest")
-def ingest(source, output, kind, chunks, resolution, level, overwrite):
+def ingest(source, output, kind, chunks, resolution, max_pixels, level, overwrite):
     """Convert SOURCE (image, audio, mesh or array) into a chunked signal store."""
     from intstream.ingest import ingest as run
+    from intstream.readers.image import pixel_limit
 
-    emit(run(source, output, kind=kind, chunks=chunks, resolution=resolution, level=level, overwrite=overwrite))
+    with pixel_limit(max_pixels):
+        manifest = run(source, output, kind=kind, chunks=chunks, resolution=resolution, level=level,
+                       overwrite=overwrite)
+    emit(manifest)

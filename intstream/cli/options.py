@@ -2,9 +2,78 @@
 
 from __future__ import annotations
 
+import math
+
 import click
 
-__all__ = ["output", "overwrite", "device", "seed", "verbosity", "debug"]
+__all__ = ["output", "overwrite", "device", "seed", "verbosity", "debug",
+           "FiniteFloat", "Size", "parse_size", "MAX_COUNT", "MAX_SEED"]
+
+# Counts (steps, batch sizes, chunk edges) fit a signed 32-bit int wherever they go.
+MAX_COUNT = 2**31 - 1
+# Seeds are unsigned 32-bit: numpy's legacy seeding takes exactly this range, torch more.
+MAX_SEED = 2**32 - 1
+
+
+class FiniteFloat(click.FloatRange):
+    """A `click.FloatRange` that also refuses NaN, Inf and values that overflow to Inf.
+
+    FloatRange alone lets ``nan`` through: every comparison with NaN is false.
+    """
+
+    name = "number"
+
+    def convert(self, value, param, ctx):
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            number = None  # the base class words the error
+        if number is not None and not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return super().convert(value, param, ctx)
+
+
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(text) -> int:
+    """``"2G"``, ``"512MiB"``, ``"1.5g"``, ``"1000000"`` -> bytes (binary units); ValueError if not a size."""
+    if isinstance(text, bool):
+        raise ValueError(f"{text!r} is not a size")
+    if isinstance(text, (int, float)):
+        number, unit = float(text), ""
+    else:
+        v = str(text).strip().lower().removesuffix("ib").removesuffix("b")
+        unit = v[-1] if v and v[-1] in _UNITS else ""
+        number = float(v[: len(v) - len(unit)].strip())  # ValueError for garbage
+    if not math.isfinite(number):
+        raise ValueError(f"{text!r} is not a finite size")
+    return int(number * _UNITS[unit])
+
+
+class Size(click.ParamType):
+    """A byte size like ``2G``, ``512M`` or ``1000000``: finite, at least ``min`` and at most ``max``."""
+
+    name = "size"
+
+    def __init__(self, min: int = 1, max: int = 1 << 60):
+        self.min, self.max = min, max
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int) and not isinstance(value, bool):
+            n = value
+        else:
+            try:
+                n = parse_size(value)
+            except (ValueError, OverflowError):
+                self.fail(f"{value!r} is not a size like 2G, 512M or 1000000", param, ctx)
+        if n < self.min:
+            self.fail(f"{value!r} is not a positive size" if self.min == 1 else
+                      f"{value!r} is below the minimum of {self.min} bytes", param, ctx)
+        if n > self.max:
+            self.fail(f"{value!r} is above the maximum of {self.max} bytes", param, ctx)
+        return n
+
 
 overwrite = click.option("--overwrite", is_flag=True, help="Replace an existing output.")
 device = click.option(
@@ -14,7 +83,8 @@ device = click.option(
     show_default=True,
     help="Where the network runs (auto: cuda when available).",
 )
-seed = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+seed = click.option("--seed", type=click.IntRange(0, MAX_SEED), default=0, show_default=True,
+                    help="Random seed (0 to 2**32-1).")
 debug = click.option("--debug", is_flag=True, envvar="INTSTREAM_DEBUG", help="Show tracebacks on errors.")
 
 
@@ -32,7 +102,7 @@ def log_interval(f):
     """``--log-interval``: seconds between plain progress lines when stderr is not a terminal."""
     from intstream.progress import LOG_INTERVAL
 
-    return click.option("--log-interval", type=click.FloatRange(0, min_open=True), default=LOG_INTERVAL,
+    return click.option("--log-interval", type=FiniteFloat(0, min_open=True), default=LOG_INTERVAL,
                         show_default=True, envvar="INTSTREAM_LOG_INTERVAL", metavar="SECONDS",
                         help="Seconds between progress lines when stderr is not a terminal (batch logs).")(f)
 

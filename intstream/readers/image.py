@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,41 @@ from ..errors import InputError
 __all__ = ["open_image"]
 
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".svs", ".ndpi")  # whole-slide scans are TIFFs too
+# PNG/JPEG/WebP/BMP are decoded whole: refuse more pixels than this (a 16384 x 16384
+# image; 768 MiB as 8-bit RGB) unless raised, so a decompression bomb (a tiny file that
+# declares a huge image) is never decoded. TIFFs stream and have no limit.
+MAX_PIXELS = 1 << 28
+MAX_PIXELS_ENV = "INTSTREAM_MAX_PIXELS"
+
+
+_limit: int | None = None
+
+
+@contextlib.contextmanager
+def pixel_limit(pixels: int | None):
+    """Within the block, decode images up to ``pixels`` (``None``: the default); ``ingest --max-pixels``."""
+    global _limit
+    old, _limit = _limit, (None if pixels is None else int(pixels))
+    try:
+        yield
+    finally:
+        _limit = old
+
+
+def max_pixels() -> int:
+    """The decode limit in pixels: `pixel_limit`'s, else ``$INTSTREAM_MAX_PIXELS``, else `MAX_PIXELS`."""
+    if _limit is not None:
+        return _limit
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_PIXELS
+    try:
+        value = int(float(text))
+    except (ValueError, OverflowError):
+        raise InputError(None, f"{MAX_PIXELS_ENV}={text!r} is not a pixel count") from None
+    if value < 1:
+        raise InputError(None, f"{MAX_PIXELS_ENV}={text!r} must be a positive pixel count")
+    return value
 
 
 class PillowImage:
@@ -21,9 +58,20 @@ class PillowImage:
     def __init__(self, path: Path):
         from PIL import Image
 
-        Image.MAX_IMAGE_PIXELS = None  # we ingest huge images on purpose
+        # Pillow's own bomb check is replaced by ours (a limit the user can raise, one message).
+        Image.MAX_IMAGE_PIXELS = None
+        limit = max_pixels()
         try:
-            with Image.open(path) as im:
+            with Image.open(path) as im:  # reads the header only
+                width, height = im.size
+                if width * height > limit:
+                    raise InputError(
+                        path,
+                        f"{width}x{height} image ({width * height / 1e6:.0f} MP) is above the decode limit of "
+                        f"{limit / 1e6:.0f} MP ({im.format} is decoded whole in memory; a small file declaring a huge "
+                        f"image is a decompression bomb); if you trust it, raise the limit with --max-pixels "
+                        f"{width * height} (or {MAX_PIXELS_ENV}), or convert it to a tiled TIFF, which streams",
+                    )
                 if im.format == "PNG" and _is_16bit_colour_png(path):
                     self.values = _decode_png(path)  # Pillow would drop these to 8 bits per channel
                 else:

@@ -18,6 +18,7 @@ World coordinates of the mesh come back as ``world = box / scale + center`` with
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -203,15 +204,22 @@ def _load_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     import trimesh
 
     try:
-        mesh = trimesh.load(str(path), force="mesh", process=True)
+        # Unprocessed first: processing silently drops NaN/Inf vertices (and their faces).
+        mesh = _trimesh_load(path)
+    except InputError:
+        raise
     except Exception as exc:  # trimesh raises many types for bad files
         raise InputError(path, f"unreadable mesh ({exc.__class__.__name__}: {_one_line(exc)})") from None
     faces = getattr(mesh, "faces", None)
     if faces is None or len(faces) == 0:
         raise InputError(path, "mesh has no faces")
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
-    if not np.isfinite(vertices).all():
-        raise InputError(path, "mesh has NaN or Inf vertex coordinates")
+    bad = ~np.isfinite(vertices).all(axis=1)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise InputError(path, f"mesh has {int(bad.sum())} of {len(vertices)} vertices with NaN or Inf coordinates "
+                               f"(first: vertex {first + 1}, {vertices[first].tolist()})")
+    mesh.process()
     mesh.merge_vertices()
     vertices = np.asarray(mesh.vertices, dtype=np.float64)
     faces = np.asarray(mesh.faces, dtype=np.int64)
@@ -221,6 +229,48 @@ def _load_mesh(path: Path) -> tuple[np.ndarray, np.ndarray, bool]:
     if not float(extent.max()) > 0:
         raise InputError(path, "degenerate mesh (zero extent)")
     return vertices, faces, bool(mesh.is_watertight)
+
+
+# Text mesh formats whose comments and names may be in any 8-bit encoding.
+TEXT_MESH_SUFFIXES = (".obj", ".off")
+# A "v x y z" line with a nan/inf token before any comment.
+_NONFINITE_OBJ_VERTEX = re.compile(rb"(?im)^[ \t]*v[ \t][^\n#]*?\b(nan|inf|infinity)\b[^\n#]*")
+
+
+def _trimesh_load(path: Path):
+    """The mesh in ``path``, unprocessed; text formats are decoded whatever their encoding.
+
+    OBJ/OFF files from older tools carry Latin-1 or UTF-16 comments, group and material
+    names. They are decoded here (UTF-8, else UTF-16 with a byte-order mark, else
+    Latin-1, which maps every byte and leaves the ASCII numbers exact) and handed to
+    trimesh as UTF-8, so trimesh never guesses (its guess needs an optional package and
+    drops what it cannot decode).
+    """
+    import io
+
+    import trimesh
+
+    suffix = path.suffix.lower()
+    if suffix in TEXT_MESH_SUFFIXES:
+        raw = path.read_bytes()
+        if suffix == ".obj":  # trimesh drops vertices no face uses: look at every vertex line
+            hit = _NONFINITE_OBJ_VERTEX.search(raw.replace(b"\x00", b""))  # (UTF-16: drop the zero bytes)
+            if hit:
+                line = raw[: hit.start()].count(b"\n") + 1 if b"\x00" not in raw else None
+                where = f"line {line}" if line else "a vertex line"
+                raise InputError(path, f"mesh has a vertex with NaN or Inf coordinates ({where}: "
+                                       f"{hit.group(0).strip().decode('ascii', 'replace')[:80]!r})")
+        try:
+            raw.decode("utf-8")
+        except UnicodeDecodeError:
+            if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+                text = raw.decode("utf-16")
+            else:
+                text = raw.decode("latin-1")
+            resolver = trimesh.resolvers.FilePathResolver(str(path))  # mtllib next to the file
+            return trimesh.load(io.BytesIO(text.encode("utf-8")), file_type=suffix[1:], force="mesh",
+                                process=False, resolver=resolver)
+    return trimesh.load(str(path), force="mesh", process=False)
 
 
 def _one_line(exc: Exception) -> str:
