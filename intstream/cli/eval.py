@@ -10,14 +10,15 @@ from .common import emit, stage, upstream
 
 @click.command(name="eval", cls=Command)
 @click.argument("source", required=False)
-@click.option("--store", type=click.Path(), help="Store to score against (default: the one recorded at fit time).")
+@click.option("--store", type=click.Path(), help="Store (path or URL) to score against (default: the one recorded at fit time).")
 @click.option(
     "--metrics",
     default="default",
     show_default=True,
     help="Comma list: image psnr,ssim; audio psnr,snr; sdf iou,chamfer; or all / none.",
 )
-@click.option("--decode", type=click.Path(), help="Decode to a file: .png .tif .wav .flac .ply .obj .zarr.")
+@click.option("--decode", type=click.Path(), help="Decode to a file: .png .tif .wav .flac .ply .obj .zarr, or pyramidal .ome.tif / .ome.zarr "
+                   "for QuPath and napari (.zarr also at a memory:// or s3:// URL).")
 @click.option("--shape", help="Decode at another grid shape, e.g. 1536,1024.")
 @options.device
 @click.option("--plot", type=click.Path(), help="Folder for diagnostic PNG plots (needs matplotlib).")

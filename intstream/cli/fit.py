@@ -83,7 +83,10 @@ def _check_interval(ctx, param, value):
 @options.debug
 @stage("fit")
 def fit(store, output, resume, overwrite, **opts):
-    """Train an implicit neural representation of STORE (or the upstream store) with a teacher."""
+    """Train an implicit neural representation of STORE (or the upstream store) with a teacher.
+
+    STORE is a path or a URL (file://, http(s)://, memory://, s3://, gs://); chunk tasks
+    reopen it by that URL."""
     from pathlib import Path
 
     from intstream.fit import FitConfig, fit as run

@@ -24,7 +24,8 @@ def _parse_chunks(ctx, param, value):
 
 @click.command(cls=Command)
 @click.argument("source", type=click.Path(dir_okay=True, path_type=str))
-@options.output("Store to write (default: <name>.zarr in the current folder).")
+@options.output("Store to write: a path, or a file://, memory://, s3:// or gs:// URL "
+                "(default: <name>.zarr in the current folder).")
 @click.option(
     "--kind",
     type=click.Choice(["auto", "image", "audio", "sdf", "array"]),
