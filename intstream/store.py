@@ -202,9 +202,11 @@ def strict_store(store):
         from zarr.storage import WrapperStore
 
         class StrictStore(WrapperStore):
+            strict = True  # off for stores written before chunks were all stored and counted
+
             async def get(self, key, prototype, byte_range=None):
                 value = await self._store.get(key, prototype, byte_range)
-                if value is None and key.startswith(SIGNAL_CHUNK_PREFIX):
+                if value is None and self.strict and key.startswith(SIGNAL_CHUNK_PREFIX):
                     raise MissingChunkError(key)
                 return value
 
@@ -212,7 +214,7 @@ def strict_store(store):
                 key_ranges = list(key_ranges)
                 values = await self._store.get_partial_values(prototype, key_ranges)
                 for (key, _), value in zip(key_ranges, values):
-                    if value is None and key.startswith(SIGNAL_CHUNK_PREFIX):
+                    if value is None and self.strict and key.startswith(SIGNAL_CHUNK_PREFIX):
                         raise MissingChunkError(key)
                 return values
 
@@ -611,8 +613,11 @@ def open_store(
                 raise InputError(p, f"cannot reach the store ({exc.__class__.__name__}: {exc})") from None
             raise InputError(p, "no such store (no zarr.json there)")
     try:
-        group = zarr.open_group(strict_store(base), mode="r")
+        strict = strict_store(base)
+        group = zarr.open_group(strict, mode="r")
         meta = dict(group.attrs.get("intstream") or {})
+        # Older stores skipped all-zero chunks (zarr's default): there absent means zeros.
+        strict.strict = "stored_chunks" in meta
     except Exception as exc:  # zarr raises several types for broken metadata
         raise InputError(p, f"unreadable store ({exc.__class__.__name__}: {exc})") from None
     if not meta:

@@ -172,3 +172,17 @@ def test_attributes_disagreeing_with_array(store, tmp_path, items, words):
     for args in (("info", store), ("fit", store, "-o", tmp_path / "r", *FAST)):
         assert_refused(run(*args), str(store), words)
     assert not (tmp_path / "r").exists()
+
+
+def test_stores_from_before_the_record_keep_reading_absent_chunks_as_zeros(store, tmp_path):
+    """A store without ``stored_chunks`` was written when zarr skipped all-zero chunks."""
+    import zarr
+
+    g = zarr.open_group(str(store), mode="r+")
+    meta = dict(g.attrs["intstream"])
+    del meta["stored_chunks"]
+    g.attrs["intstream"] = meta
+    chunk_file(store, 0, 0).unlink()
+    st = open_store(store)
+    assert not st.read((slice(0, 16), slice(0, 32))).any()
+    assert st.read((slice(16, 32), slice(0, 32))).any()
