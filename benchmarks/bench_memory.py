@@ -145,11 +145,62 @@ def cases_for(args) -> list[tuple[dict, str, int]]:
     return rows
 
 
+COLS = ["signal", "samples", "mode", "model", "params", "budget_mib", "planned", "batch", "score_batch", "round_chunks",
+        "estimate_mib", "peak_rss_mib", "peak_over_budget", "limit_mib", "ok", "fit_s", "load", "error"]
+
+
+def render(rows: list[dict], fixed: float, steps: int, minutes: float, command: str) -> str:
+    ok = all(r.get("ok") for r in rows)
+    table = [{c: r.get(c) for c in COLS if any(c in x for x in rows)} for r in rows]
+    return (f"## Memory: --memory-budget vs measured peak RSS of `intstream fit`\n\n"
+            f"{time.strftime('%Y-%m-%d %H:%M')} on {machine()}; {steps} steps each, default strategy "
+            f"(intstream), each fit a child process (peak RSS from os.wait4). Check: peak <= budget x 1.1 + "
+            f"fixed overhead ({fixed:.0f} MiB measured: 5-step fit of a 64² image, SIREN 3x32). "
+            f"Load average (1/5/15 min) at the end of each fit in `load`: the machine is shared, wall "
+            f"times are not comparable. Total {minutes:.1f} min. All rows pass: **{ok}**.\n\n"
+            f"Command: `{command}`\n\n" + markdown(table))
+
+
+def write(out: Path | None, rows: list[dict], fixed: float, steps: int, minutes: float, command: str) -> str:
+    text = render(rows, fixed, steps, minutes, command)
+    if out is not None:
+        out.with_suffix(".md").write_text(text)
+        out.with_suffix(".json").write_text(json.dumps({"fixed_overhead_mib": fixed, "steps": steps, "minutes": minutes,
+                                                        "command": command, "rows": rows,
+                                                        "ok": all(r.get("ok") for r in rows)}, indent=1))
+    return text
+
+
+def merge(paths: list[str], out: Path | None) -> int:
+    """Combine the rows of earlier runs (their .json, or the JSON row lines of their logs)."""
+    rows, fixed, steps, minutes, cmds = [], [], None, 0.0, []
+    for p in paths:
+        text = Path(p).read_text()
+        if p.endswith(".json"):
+            d = json.loads(text)
+            rows += d["rows"]
+            fixed.append(d["fixed_overhead_mib"])
+            steps, minutes = d["steps"], minutes + d.get("minutes", 0.0)
+            cmds.append(d.get("command", ""))
+        else:
+            for ln in text.splitlines():
+                if ln.startswith("fixed overhead"):
+                    fixed.append(float(ln.split(":")[-1].split()[0]))
+                elif ln.startswith("  {"):
+                    rows.append(json.loads(ln))
+    text = write(out, rows, max(fixed), steps or 3, minutes, "; ".join(c for c in cmds if c) or "python benchmarks/bench_memory.py")
+    print(text)
+    return 0 if all(r.get("ok") for r in rows) else 1
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="1 MP, 16 MP, SDF and audio rows only")
     ap.add_argument("--smoke", action="store_true", help="a 64² image in core and in rounds (seconds)")
+    ap.add_argument("--only", nargs="+", help="run only the cases whose id contains one of these "
+                    "(img512 img1024 img4096 img8192 img16384 sdf256 audio1h)")
+    ap.add_argument("--merge", nargs="+", help="write one table from earlier runs' .json files or logs; run nothing")
     ap.add_argument("--max-in-core", type=float, default=4.0, help="GiB: skip in-core rows planned above this")
     ap.add_argument("--tmp", type=Path, default=None, help="where to generate signals (default: a temp folder)")
     ap.add_argument("--out", help="output stem (default: benchmarks/results/memory; smoke: none)")
@@ -157,12 +208,18 @@ def main(argv=None) -> int:
     if args.smoke:
         args.steps = 2
     out = results_path(args.out, "memory", args.smoke)
+    if args.merge:
+        return merge(args.merge, out)
+    command = "python benchmarks/bench_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
     tmp = Path(tempfile.mkdtemp(prefix="bench_memory_", dir=args.tmp))
     t0 = time.perf_counter()
+    rows = []
     try:
         fixed = fixed_overhead(tmp)
         progress(f"fixed overhead (64² image, SIREN 3x32, 5 steps): {fixed:.0f} MiB")
-        rows, plan = [], cases_for(args)
+        plan = cases_for(args)
+        if args.only:
+            plan = [r for r in plan if any(o in r[0]["id"] for o in args.only)]
         for i, (case, mode, budget) in enumerate(plan):
             if mode == "in core" and budget > args.max_in_core * GiB:
                 rows.append({"signal": case["name"], "mode": mode, "budget_mib": budget // MiB,
@@ -172,28 +229,13 @@ def main(argv=None) -> int:
             row = run_row(case, mode, budget, tmp, fixed, args)
             progress(f"  {json.dumps(row)}")
             rows.append(row)
+            write(out, rows, fixed, args.steps, (time.perf_counter() - t0) / 60, command)  # as rows finish
             if all(c["id"] != case["id"] for c, _, _ in plan[i + 1:]):  # free the disk early
                 shutil.rmtree(tmp / f"{case['id']}.zarr", ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    minutes = (time.perf_counter() - t0) / 60
-    ok = all(r.get("ok") for r in rows)
-    cols = ["signal", "samples", "mode", "model", "params", "budget_mib", "planned", "batch", "score_batch", "round_chunks",
-            "estimate_mib", "peak_rss_mib", "peak_over_budget", "limit_mib", "ok", "fit_s", "load", "error"]
-    table = [{c: r.get(c) for c in cols if any(c in x for x in rows)} for r in rows]
-    text = (f"## Memory: --memory-budget vs measured peak RSS of `intstream fit`\n\n"
-            f"{time.strftime('%Y-%m-%d %H:%M')} on {machine()}; {args.steps} steps each, default strategy "
-            f"(intstream), each fit a child process (peak RSS from os.wait4). Check: peak <= budget x 1.1 + "
-            f"fixed overhead ({fixed:.0f} MiB measured: 5-step fit of a 64² image, SIREN 3x32). "
-            f"Load average (1/5/15 min) at the end of each fit in `load`: the machine is shared. "
-            f"Total {minutes:.1f} min. All rows pass: **{ok}**.\n\n"
-            f"Command: `python benchmarks/bench_memory.py{' --quick' if args.quick else ''}`\n\n" + markdown(table))
-    print(text)
-    if out is not None:
-        out.with_suffix(".md").write_text(text)
-        out.with_suffix(".json").write_text(json.dumps({"fixed_overhead_mib": fixed, "steps": args.steps,
-                                                        "rows": rows, "ok": ok}, indent=1))
-    return 0 if ok else 1
+    print(write(out, rows, fixed, args.steps, (time.perf_counter() - t0) / 60, command))
+    return 0 if all(r.get("ok") for r in rows) else 1
 
 
 if __name__ == "__main__":
