@@ -127,8 +127,11 @@ def _round_bytes(strategy: str, weighting: str, *, n: int, ndim: int, channels: 
     """Out-of-core terms that depend on the round size (see the module notes)."""
     d, c = ndim, channels
     # A draw: index 8, target 4C, chunk position 8, p_local 8, coords 4d, weight 4, plus
-    # the tree merge's concatenation: x2; the current round and the prefetched next: x2.
-    per_draw = 2 * 2 * (28 + 4 * c + 4 * d)
+    # the tree merge's concatenation: x2; the current round and the prefetched next: x2;
+    # the weights' float64 temporaries and the training outputs handed to observe. By count
+    # ~190 B per RGB draw; calibrated to 4 (40 + 8 C + 8 d) = 320 B by bench_memory (16 MP
+    # in rounds at 1 GiB, 880 k draws per round, measured 87 MiB above the count).
+    per_draw = 4 * (40 + 8 * c + 8 * d)
     terms = {"round": round_samples * per_draw}
     if strategy == "full":
         # One chunk group streamed at a time: blocks and their concatenation, coords + targets.
