@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .errors import InputError
 from .progress import Progress
-from .readers import open_reader
+from .readers import open_reader, source_path
 from .rundir import StopSignals
 from .store import create_store, open_store
 
@@ -45,7 +45,7 @@ def ingest(
     OME-Zarr image (0, the default: full resolution).
     """
     t0 = time.perf_counter()
-    src = Path(source).absolute()
+    src = source_path(source)  # a local Path, or a Zarr / OME-Zarr source at a URL
     out = os.fspath(output) if output is not None else default_store_path(src)  # a path or a store URL
     with StopSignals() as stop:
         return _ingest(src, out, stop, kind=kind, chunks=chunks, resolution=resolution, overwrite=overwrite,

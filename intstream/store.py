@@ -141,8 +141,15 @@ def store_cache_key(location: str | os.PathLike) -> tuple:
 
 
 def source_info(path: str | os.PathLike) -> dict:
-    """Name, size in bytes and sha256 of a source file (streamed, bounded memory)."""
-    p = Path(path)
+    """Name, size in bytes and sha256 of a source file (streamed, bounded memory).
+
+    A source at a URL (a Zarr/OME-Zarr) hashes its root metadata; its size is ``None``
+    where the backend cannot add it up (HTTP).
+    """
+    scheme = url_scheme(path)
+    if scheme not in (None, "file"):
+        return _remote_source_info(os.fspath(path), scheme)
+    p = Path(store_location(path))
     h = hashlib.sha256()
     if p.is_dir():  # a Zarr store given as source: hash its metadata only
         for f in sorted(p.rglob("zarr.json")) + sorted(p.rglob(".zarray")):
@@ -154,6 +161,27 @@ def source_info(path: str | os.PathLike) -> dict:
             for block in iter(lambda: fh.read(1 << 22), b""):
                 h.update(block)
     return {"name": p.name, "size": int(size), "sha256": h.hexdigest()}
+
+
+def _remote_source_info(url: str, scheme: str) -> dict:
+    from fsspec import url_to_fs
+
+    fs, root = url_to_fs(url)
+    h = hashlib.sha256()
+    for name in ("zarr.json", ".zattrs", ".zgroup", ".zarray"):
+        try:
+            h.update(fs.cat_file(f"{root.rstrip('/')}/{name}"))
+        except (FileNotFoundError, OSError):
+            continue
+        except Exception:  # aiohttp's errors for a missing URL
+            continue
+    size = None
+    if scheme not in READ_ONLY_SCHEMES:
+        try:
+            size = int(fs.du(root, total=True))
+        except Exception:
+            size = None
+    return {"name": url.rstrip("/").rsplit("/", 1)[-1], "url": url, "size": size, "sha256": h.hexdigest()}
 
 
 def block_slices(shape: tuple[int, ...], block: tuple[int, ...]) -> Iterator[tuple[slice, ...]]:
@@ -410,6 +438,9 @@ def _in_place_output(url: str, *, overwrite: bool):
         if not overwrite:
             raise InputError(url, "output exists (pass --overwrite to replace it)")
         _sync(fs._rm(root, recursive=True))
+    import logging
+
+    logging.getLogger("intstream.store").info(f"{url}: {NO_RENAME_NOTE}")
     try:
         yield store
     except BaseException:

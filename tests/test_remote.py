@@ -25,6 +25,8 @@ from intstream.cli import main
 from intstream.testing import make_image, make_image_store, write_png
 
 FAST = ["--steps", "3", "--width", "16", "--depth", "2"]
+# ome-zarr's writer module declares a deprecated default argument at import time.
+pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated class Scaler:DeprecationWarning")
 
 
 def run(*args, input=None):
@@ -156,3 +158,27 @@ def test_decode_to_memory_and_file_url_stores(http_store, tmp_path):
     ev = ok(run("eval", tmp_path / "run", "--metrics", "none", "--decode", f"file://{tmp_path}/d.zarr", "--shape", "24,32"))
     assert ev["decoded"] == str(tmp_path / "d.zarr") and open_store(tmp_path / "d.zarr").shape == (24, 32)
     refused(run("eval", tmp_path / "run", "--decode", "memory://x/d.png"), "only a .zarr")
+
+
+def test_ingest_ome_zarr_and_zarr_array_from_urls(served, tmp_path):
+    """Public OME-Zarr lives on HTTP/S3: ingest reads it (and plain Zarr arrays) by URL."""
+    import zarr
+    from ome_zarr.writer import write_image
+
+    root, base = served
+    cyx = np.moveaxis(make_image((40, 48), 3, "uint8", seed=6), -1, 0).copy()
+    write_image(cyx, zarr.open_group(str(root / "img.ome.zarr"), mode="w"), axes="cyx", scale_factors=(2,))
+    m = ok(run("ingest", f"{base}/img.ome.zarr", "-o", tmp_path / "a.zarr", "--level", "1"))
+    assert m["kind"] == "image" and m["shape"] == [20, 24] and m["channels"] == 3
+    level1 = np.asarray(zarr.open_group(str(root / "img.ome.zarr"), mode="r")["s1"])
+    np.testing.assert_array_equal(open_store(tmp_path / "a.zarr").array[...], np.moveaxis(level1, 0, -1))
+    src = open_store(tmp_path / "a.zarr").meta["source"]
+    assert src["url"] == f"{base}/img.ome.zarr" and src["size"] is None and len(src["sha256"]) == 64
+
+    url = f"memory://intstream-test-{uuid.uuid4().hex}/v.zarr"
+    v = np.random.default_rng(2).normal(size=(6, 7, 2)).astype(np.float32)
+    zarr.create_array(url, shape=v.shape, chunks=(3, 7, 2), dtype="float32")[...] = v
+    m = ok(run("ingest", url, "-o", tmp_path / "v.zarr"))
+    assert m["kind"] == "array" and m["shape"] == [6, 7]
+    np.testing.assert_array_equal(open_store(tmp_path / "v.zarr").array[...], v)
+    refused(run("ingest", f"{base}/nothing.zarr", "-o", tmp_path / "n.zarr"), "nothing.zarr", "no Zarr array or group")

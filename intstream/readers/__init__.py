@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError
 
-__all__ = ["SUFFIXES", "detect_kind", "open_reader"]
+__all__ = ["SUFFIXES", "RemoteSource", "detect_kind", "open_reader", "source_path"]
 
 SUFFIXES = {
     "image": (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".btf", ".tf8", ".svs", ".ndpi"),
@@ -22,6 +22,61 @@ SUFFIXES = {
     "mesh": (".obj", ".ply", ".stl", ".off", ".glb", ".gltf"),
     "volume": (".npy", ".zarr"),
 }
+
+
+class RemoteSource:
+    """A source at a URL fsspec reaches: a Zarr array or group, or an OME-Zarr image.
+
+    Behaves enough like a path for ingest: ``name``, and ``os.fspath`` gives the URL.
+    """
+
+    def __init__(self, url: str):
+        self.url = url.rstrip("/")
+        self.name = self.url.rsplit("/", 1)[-1]
+
+    def __fspath__(self) -> str:
+        return self.url
+
+    def __str__(self) -> str:
+        return self.url
+
+    def __repr__(self) -> str:
+        return f"RemoteSource({self.url!r})"
+
+
+def source_path(source) -> "Path | RemoteSource":
+    """A local source as an absolute `Path` (``file://`` URLs included), else a `RemoteSource`."""
+    import os
+
+    from ..store import store_location, url_scheme
+
+    text = os.fspath(source)
+    scheme = url_scheme(text)
+    if scheme is None:
+        return Path(text).absolute()
+    if scheme == "file":
+        return Path(store_location(text))
+    return RemoteSource(text)
+
+
+def _open_remote(src: RemoteSource, kind: str, level: int):
+    """Readers for URL sources: OME-Zarr images and Zarr arrays (other formats are local files)."""
+    from .omezarr import multiscales
+
+    try:
+        ms = multiscales(src)
+    except Exception:
+        ms = None
+    if ms is not None:
+        return _open_ome(src, kind, level)
+    if kind not in ("auto", "array"):
+        raise InputError(src, f"--kind {kind}: only Zarr arrays and OME-Zarr images are read from URLs "
+                              "(copy other files locally)")
+    if level:
+        raise InputError(src, f"--level {level}: levels are for pyramidal TIFFs and OME-Zarr images")
+    from .array import open_array
+
+    return open_array(src)
 
 
 def _family(path: Path) -> str | None:
@@ -48,8 +103,11 @@ def open_reader(path: Path, kind: str = "auto", *, resolution: int = 256, level:
     """Open a reader for ``path`` as ``kind`` (``auto`` guesses from the name).
 
     ``level`` is the resolution level of a pyramidal TIFF (SVS, NDPI, OME-TIFF) or an
-    OME-Zarr image (0: the full resolution).
+    OME-Zarr image (0: the full resolution). ``path`` may be a `RemoteSource` (a Zarr
+    array or OME-Zarr image at a URL, see `source_path`).
     """
+    if isinstance(path, RemoteSource):
+        return _open_remote(path, kind, level)
     if not path.exists():
         raise InputError(path, "no such file")
     if not path.is_dir():

@@ -17,11 +17,11 @@ _OK = ("uint8", "uint16", "int16", "int32", "float32")
 def load_array(path: Path):
     """A lazily readable array (np.memmap or zarr.Array) from .npy or a Zarr store."""
     try:
-        if path.suffix.lower() == ".npy":
+        if isinstance(path, Path) and path.suffix.lower() == ".npy":
             return np.load(path, mmap_mode="r", allow_pickle=False)
         import zarr
 
-        z = zarr.open(str(path), mode="r")
+        z = zarr.open(str(path), mode="r")  # a folder, or a URL (zarr opens it through fsspec)
         if not hasattr(z, "shape"):  # a group: take an intstream store's signal, or its only array
             names = list(z.array_keys())
             if "signal" in names:
@@ -33,6 +33,8 @@ def load_array(path: Path):
     except InputError:
         raise
     except Exception as exc:
+        if isinstance(exc, FileNotFoundError) or "NotFound" in exc.__class__.__name__:
+            raise InputError(path, "no Zarr array or group there") from None
         raise InputError(path, f"corrupt or unreadable array ({exc.__class__.__name__}: {exc})") from None
 
 
