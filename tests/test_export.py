@@ -188,7 +188,7 @@ def test_existing_output_needs_overwrite(kodak_run, tmp_path):
 
 
 def test_unknown_dtype_and_missing_checkpoint(kodak_run, tmp_path):
-    r = CliRunner().invoke(main, ["export-weights", str(kodak_run["run"]), "-o", str(tmp_path / "w"), "--dtype", "int4"])
+    r = CliRunner().invoke(main, ["export-weights", str(kodak_run["run"]), "-o", str(tmp_path / "w"), "--dtype", "int2"])
     assert r.exit_code == 2 and not (tmp_path / "w").exists()
     with pytest.raises(InputError):
         export_weights(kodak_run["run"], tmp_path / "w2", dtype="bfloat16")
