@@ -44,6 +44,7 @@ __all__ = [
     "world_transform",
     "open_writer",
     "check_decode_output",
+    "refuse_inside_inputs",
     "decode_sizes",
     "decode",
 ]
@@ -536,6 +537,27 @@ def decode_sizes(fmt: str, weights, shape: tuple[int, ...]) -> tuple[int, int]:
     return raw, block
 
 
+def refuse_inside_inputs(out: str | os.PathLike, weights, inputs: tuple = ()) -> None:
+    """Refuse an output (file or folder) that is the weights, their store or one of ``inputs``, or lies inside one.
+
+    Paths are compared resolved, so a link does not hide the input; URLs other than
+    ``file://`` are not local inputs and are skipped.
+    """
+    from .store import local_store_path, url_scheme
+
+    out_r = Path(out).absolute().resolve()
+    for src in (weights.path, weights.store_path, *inputs):
+        if not src:
+            continue
+        if url_scheme(src):
+            src = local_store_path(src)
+            if src is None:
+                continue
+        src_r = Path(src).absolute().resolve()
+        if out_r == src_r or src_r in out_r.parents:
+            raise InputError(out, f"output would be written inside the input {src}")
+
+
 def check_decode_output(
     path: str | os.PathLike,
     weights,
@@ -566,10 +588,7 @@ def check_decode_output(
         path = store_location(path)  # file:// -> its path
     sources = [p for p in (weights.path, weights.store_path, *inputs) if p]
     out = check_output_path(path, overwrite=overwrite, inputs=tuple(sources))
-    for src in sources:  # also through links: the resolved paths must differ too
-        src_r, out_r = Path(src).resolve(), out.resolve()
-        if out_r == src_r or src_r in out_r.parents:
-            raise InputError(out, f"output would be written inside the input {src}")
+    refuse_inside_inputs(out, weights, inputs)
     disk, memory = decode_sizes(fmt, weights, tuple(shape))
     budget = DECODE_MEMORY if memory_budget is None else int(memory_budget)
     where = "x".join(str(n) for n in shape)

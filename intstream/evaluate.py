@@ -288,7 +288,8 @@ def evaluate(
         The manifest: weights / run dir, store, metrics, decoded path, plots, seconds,
         and the scoring throughput in MB/s of raw signal.
     """
-    from .decode import check_decode_output, open_writer, output_location, parse_shape, predict_blocks, resolve_device
+    from .decode import (check_decode_output, open_writer, output_location, parse_shape, predict_blocks,
+                         refuse_inside_inputs, resolve_device)
     from .export import load_source
 
     t0 = time.perf_counter()
@@ -302,11 +303,6 @@ def evaluate(
     dec_shape = dec_shape or weights.shape
     if decode is not None:  # refused up front: wrong format, an input's path, too big for memory or disk
         check_decode_output(decode, weights, dec_shape, overwrite=overwrite, inputs=(store,) if store else ())
-    plot_dir = None
-    if plot is not None:
-        from .plots import check_plot_dir
-
-        plot_dir = check_plot_dir(plot, overwrite=overwrite)
     st = _open_store(weights, store)
     if st is None:
         if metrics not in (None, "default", "none"):
@@ -317,6 +313,12 @@ def evaluate(
             raise InputError(weights.path, f"nothing to do: the recorded store {weights.store_path} is gone "
                                            "(pass --store to score, or --decode to decode)")
         logging.getLogger("intstream.eval").warning(f"store {weights.store_path} not found; decoding without metrics")
+    plot_dir = None
+    if plot is not None:  # after the checks above: a refused eval leaves no empty plot folder
+        from .plots import check_plot_dir
+
+        refuse_inside_inputs(plot, weights, (store,) if store else ())
+        plot_dir = check_plot_dir(plot, overwrite=overwrite)
     dev = resolve_device(device)
     model = weights.model(dev)
     batch = predict_batch(weights.model_config, weights.state, batch)  # the memory plan, DESIGN §10
