@@ -666,6 +666,8 @@ def open_store(
     _check_attributes(p, meta, array)
     if meta.get("complete") and "stored_chunks" in meta:
         _check_chunks(p, meta, array, group.store)
+    if meta.get("shards") and url_scheme(p) in READ_ONLY_SCHEMES:
+        _check_http_ranges(p, base)
     return SignalStore(p, group, meta)
 
 
@@ -710,6 +712,18 @@ def _check_attributes(p, meta: dict, array) -> None:
             Normalisation.from_dict(norm)
         except Exception:
             raise bad(f"normalisation {norm!r} is malformed") from None
+
+
+def _check_http_ranges(p: str, base) -> None:
+    """Sharded stores are read by byte range: refuse a server that ignores Range requests
+    (it would send whole shards where zarr expects a chunk: garbage, not an error)."""
+    try:
+        head = _sync(base.fs._cat_file(f"{base.path.rstrip('/')}/zarr.json", start=0, end=8))
+    except Exception as exc:
+        raise InputError(p, f"cannot read the store's metadata by byte range ({exc.__class__.__name__}: {exc})") from None
+    if len(head) != 8:
+        raise InputError(p, "the server ignores HTTP Range requests, which a sharded store needs; serve it with one "
+                            "that supports them (nginx, Apache, S3, `npx http-server`...) or copy the store locally")
 
 
 def _check_chunks(p, meta: dict, array, store) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import http.server
+import io
 import json
 import threading
 import uuid
@@ -50,6 +51,34 @@ def refused(r, *words) -> str:
 class _Quiet(http.server.SimpleHTTPRequestHandler):
     def log_message(self, *args):  # keep the test output clean
         pass
+
+
+class _Ranged(_Quiet):
+    """Also answers ``Range: bytes=a-b`` / ``bytes=-n`` (http.server ignores them; S3 and nginx do not)."""
+
+    def send_head(self):
+        spec = self.headers.get("Range")
+        if not spec or not spec.startswith("bytes="):
+            return super().send_head()
+        try:
+            data = Path(self.translate_path(self.path)).read_bytes()
+        except OSError:
+            self.send_error(404)
+            return None
+        a, b = spec[len("bytes="):].split("-")
+        start, end = (max(len(data) - int(b), 0), len(data)) if a == "" else (int(a), len(data) if b == "" else int(b) + 1)
+        body = data[start:end]
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end - 1}/{len(data)}")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        return io.BytesIO(body)
+
+
+def _serve(root: Path, handler):
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
 
 
 @pytest.fixture
@@ -182,3 +211,28 @@ def test_ingest_ome_zarr_and_zarr_array_from_urls(served, tmp_path):
     assert m["kind"] == "array" and m["shape"] == [6, 7]
     np.testing.assert_array_equal(open_store(tmp_path / "v.zarr").array[...], v)
     refused(run("ingest", f"{base}/nothing.zarr", "-o", tmp_path / "n.zarr"), "nothing.zarr", "no Zarr array or group")
+
+
+def test_sharded_store_over_http_needs_range_requests(tmp_path):
+    """Sharded stores are read by byte range: a server that ignores Range is refused, not misread."""
+    from intstream.store import create_store
+
+    root = tmp_path / "www"
+    root.mkdir()
+    a = make_image((132, 130), 1, "uint8", seed=8)
+    with create_store(root / "sh.zarr", kind="image", shape=(132, 130), channels=1, dtype="uint8",
+                      chunks=(2, 2)) as w:  # 66 x 65 chunks: sharded
+        for sl in w.blocks():
+            w.write(sl, a[sl])
+    for handler, ranged in ((_Quiet, False), (_Ranged, True)):
+        server, base = _serve(root, handler)
+        try:
+            r = run("info", f"{base}/sh.zarr")
+            if not ranged:
+                refused(r, "Range")
+                continue
+            assert ok(r)["shards"] == [8, 8]
+            np.testing.assert_array_equal(open_store(f"{base}/sh.zarr").read((slice(0, 132), slice(0, 130))), a)
+        finally:
+            server.shutdown()
+            server.server_close()

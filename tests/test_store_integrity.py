@@ -186,3 +186,11 @@ def test_stores_from_before_the_record_keep_reading_absent_chunks_as_zeros(store
     st = open_store(store)
     assert not st.read((slice(0, 16), slice(0, 32))).any()
     assert st.read((slice(16, 32), slice(0, 32))).any()
+
+
+def test_input_error_survives_dask_worker_pickling():
+    """Chunk tasks on distributed/process workers send the InputError back pickled."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(InputError("/data/s.zarr", "chunk (1, 2) is corrupt")))
+    assert isinstance(err, InputError) and err.message == "/data/s.zarr: chunk (1, 2) is corrupt"
