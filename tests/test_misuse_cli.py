@@ -312,3 +312,23 @@ def test_obj_in_other_encodings_reads_like_utf8(encoding, tmp_path):
         stores.append(open_store(json.loads(r.stdout)["store"]))
     a, b = (np.asarray(s.array[...]) for s in stores)
     np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("encoding", ["ascii", "binary"])
+def test_ply_with_latin1_header_comment_reads(encoding, tmp_path):
+    import trimesh
+
+    from intstream.store import open_store
+
+    v = np.array([[0, 0, 0], [1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    f = np.array([[0, 2, 1], [0, 1, 3], [0, 3, 2], [1, 2, 3]])
+    plain = trimesh.Trimesh(v, f, process=False).export(file_type="ply", encoding=encoding)
+    i = plain.index(b"\n", plain.index(b"format")) + 1
+    (tmp_path / "u.ply").write_bytes(plain)
+    (tmp_path / "e.ply").write_bytes(plain[:i] + "comment caf\xe9 r\xe9sum\xe9\nobj_info \xa9\n".encode("latin-1") + plain[i:])
+    stores = []
+    for name in ("u", "e"):
+        r = run("ingest", tmp_path / f"{name}.ply", "-o", tmp_path / f"{name}.zarr", "--resolution", "8")
+        assert r.exit_code == 0, r.output
+        stores.append(open_store(json.loads(r.stdout)["store"]))
+    np.testing.assert_array_equal(*(np.asarray(s.array[...]) for s in stores))

@@ -244,7 +244,7 @@ def _trimesh_load(path: Path):
     names. They are decoded here (UTF-8, else UTF-16 with a byte-order mark, else
     Latin-1, which maps every byte and leaves the ASCII numbers exact) and handed to
     trimesh as UTF-8, so trimesh never guesses (its guess needs an optional package and
-    drops what it cannot decode).
+    drops what it cannot decode). PLY headers with 8-bit comments are made ASCII.
     """
     import io
 
@@ -270,6 +270,17 @@ def _trimesh_load(path: Path):
             resolver = trimesh.resolvers.FilePathResolver(str(path))  # mtllib next to the file
             return trimesh.load(io.BytesIO(text.encode("utf-8")), file_type=suffix[1:], force="mesh",
                                 process=False, resolver=resolver)
+    if suffix == ".ply":
+        with open(path, "rb") as fh:
+            head = fh.read(1 << 16)
+        end = head.find(b"end_header")
+        if end > 0 and max(head[:end]) >= 0x80:
+            # A Latin-1 (or any 8-bit) comment in the ASCII header: trimesh decodes it as
+            # UTF-8 and fails. Non-ASCII header bytes (comments, obj_info) become "?",
+            # byte for byte, so the binary body after the header is untouched.
+            raw = path.read_bytes()
+            header = bytes(c if c < 0x80 else 0x3F for c in raw[:end])
+            return trimesh.load(io.BytesIO(header + raw[end:]), file_type="ply", force="mesh", process=False)
     return trimesh.load(str(path), force="mesh", process=False)
 
 
