@@ -232,7 +232,8 @@ def test_sharded_store_over_http_needs_range_requests(tmp_path):
                 refused(r, "Range")
                 continue
             assert ok(r)["shards"] == [8, 8]
-            np.testing.assert_array_equal(open_store(f"{base}/sh.zarr").read((slice(0, 132), slice(0, 130))), a)
+            region = (slice(6, 20), slice(100, 130))  # parts of 4 shards, the ragged edge included
+            np.testing.assert_array_equal(open_store(f"{base}/sh.zarr").read(region), a[region])
         finally:
             server.shutdown()
             server.server_close()
