@@ -9,6 +9,12 @@ A store is written by `create_store`, under a temporary name that is renamed int
 only when ingest finished; until then its ``complete`` flag is false and `open_store`
 refuses it.
 
+Where: a local path, or a URL fsspec reaches (zarr's ``FsspecStore``): ``file://``,
+``http(s)://`` (read-only), ``memory://``, ``s3://``/``gs://`` with s3fs/gcsfs.
+Backends that cannot rename a folder (object stores, memory) get the store written in
+place with ``complete`` set by the very last write. `SignalStore.path` is the canonical
+string (`store_location`), recorded by checkpoints and reopened by Dask chunk tasks.
+
 Integrity: every chunk (every shard, when sharded) is written, zeros included
 (``write_empty_chunks``), and ``stored_chunks`` records how many. `open_store` checks the
 listing against that record wherever the backend can list, and reads go through a strict
@@ -44,6 +50,11 @@ __all__ = [
     "open_store",
     "source_info",
     "block_slices",
+    "MissingChunkError",
+    "store_location",
+    "store_exists",
+    "local_store_path",
+    "url_scheme",
 ]
 
 FORMAT_VERSION = 1
@@ -269,12 +280,8 @@ def _listed_chunk_keys(store) -> set[str] | None:
         return None
     try:
         return sync(collect())
-    except (NotImplementedError, PermissionError):
+    except Exception:  # no listing here (permissions, backend): the strict store still refuses on read
         return None
-    except Exception as exc:  # fsspec backends without listing raise their own types
-        if "list" in str(exc).lower() or exc.__class__.__name__ in ("HTTPError", "ClientResponseError"):
-            return None
-        raise
 
 
 class StoreWriter:
