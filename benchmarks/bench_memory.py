@@ -199,7 +199,7 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="1 MP, 16 MP, SDF and audio rows only")
     ap.add_argument("--smoke", action="store_true", help="a 64² image in core and in rounds (seconds)")
     ap.add_argument("--only", nargs="+", help="run only the cases whose id contains one of these "
-                    "(img512 img1024 img4096 img8192 img16384 sdf256 audio1h)")
+                    "(img512 img1024 img4096 img8192 img16384 sdf256 audio1h), optionally :core or :rounds")
     ap.add_argument("--merge", nargs="+", help="write one table from earlier runs' .json files or logs; run nothing")
     ap.add_argument("--max-in-core", type=float, default=4.0, help="GiB: skip in-core rows planned above this")
     ap.add_argument("--tmp", type=Path, default=None, help="where to generate signals (default: a temp folder)")
@@ -219,7 +219,11 @@ def main(argv=None) -> int:
         progress(f"fixed overhead (64² image, SIREN 3x32, 5 steps): {fixed:.0f} MiB")
         plan = cases_for(args)
         if args.only:
-            plan = [r for r in plan if any(o in r[0]["id"] for o in args.only)]
+            def wanted(case, mode):  # "img4096" or "img4096:rounds" / "img4096:core"
+                return any(o.split(":")[0] in case["id"] and (":" not in o or o.split(":")[1] in mode)
+                           for o in args.only)
+
+            plan = [r for r in plan if wanted(r[0], r[1])]
         for i, (case, mode, budget) in enumerate(plan):
             if mode == "in core" and budget > args.max_in_core * GiB:
                 rows.append({"signal": case["name"], "mode": mode, "budget_mib": budget // MiB,
