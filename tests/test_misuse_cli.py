@@ -149,6 +149,11 @@ NUMBERS = [
     ("fit", "--memory-budget", "-1G"),
     ("fit", "--memory-budget", "lots"),
     ("fit", "--memory-budget", "1e400"),
+    ("fit", "--capacity", "1e30"),
+    ("fit", "--overlap", "nan"),
+    ("fit", "--bpp", "inf"),
+    ("export-weights", "--bits-per-sample", "nan"),
+    ("export-weights", "--kbps", "1e30"),
     ("ingest", "--chunks", f"1,{BIG}"),
     ("ingest", "--resolution", BIG),
     ("ingest", "--max-pixels", "0"),
@@ -158,8 +163,10 @@ NUMBERS = [
 
 @pytest.mark.parametrize("command,option,value", NUMBERS, ids=[f"{c} {o} {v[:8]}" for c, o, v in NUMBERS])
 def test_bad_number_names_the_option(command, option, value, fitted, tmp_path):
-    source = {"fit": fitted["store"], "ingest": fitted["root"] / "img.png", "eval": fitted["run"]}[command]
-    out = {"fit": tmp_path / "x.run", "ingest": tmp_path / "x.zarr", "eval": None}[command]
+    source = {"fit": fitted["store"], "ingest": fitted["root"] / "img.png", "eval": fitted["run"],
+              "export-weights": fitted["run"]}[command]
+    out = {"fit": tmp_path / "x.run", "ingest": tmp_path / "x.zarr", "eval": None,
+           "export-weights": tmp_path / "w.safetensors"}[command]
     args = [command, source, option, value] + (["-o", out] if out else ["--decode", tmp_path / "x.png"])
     before = listing(tmp_path)
     assert_refused(run(*args), option, before, tmp_path)

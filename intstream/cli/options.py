@@ -7,12 +7,18 @@ import math
 import click
 
 __all__ = ["output", "overwrite", "device", "seed", "verbosity", "debug",
-           "FiniteFloat", "Size", "parse_size", "MAX_COUNT", "MAX_SEED"]
+           "FiniteFloat", "Size", "parse_size", "MAX_COUNT", "MAX_SEED",
+           "MAX_CAPACITY", "MAX_BITS", "MAX_KBPS"]
 
 # Counts (steps, batch sizes, chunk edges) fit a signed 32-bit int wherever they go.
 MAX_COUNT = 2**31 - 1
 # Seeds are unsigned 32-bit: numpy's legacy seeding takes exactly this range, torch more.
 MAX_SEED = 2**32 - 1
+# Model size knobs: far above any useful value, low enough that the width they imply is a
+# number torch can allocate (the memory plan then refuses what does not fit, exit 2).
+MAX_CAPACITY = 1e4  # parameters per signal value
+MAX_BITS = 1e4  # bits per pixel / per sample of weights file
+MAX_KBPS = 1e7  # kbit/s of weights file per second of audio
 
 
 class FiniteFloat(click.FloatRange):
