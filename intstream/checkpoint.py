@@ -40,10 +40,36 @@ def save_checkpoint(path: str | os.PathLike, state: dict) -> Path:
         # O_EXCL | O_NOFOLLOW: never write through a link planted at the temporary name.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         with os.fdopen(fd, "wb") as fh:
-            torch.save({"format": FORMAT, "version": VERSION, **state}, fh)
+            sink = _Sink(fh)
+            try:
+                torch.save({"format": FORMAT, "version": VERSION, **state}, sink)
+            except RuntimeError:
+                # torch's zip writer reports a failed write (disk full) as an opaque
+                # RuntimeError: raise the OS error underneath (atomic_output names the path).
+                if sink.error is not None:
+                    raise sink.error from None
+                raise
             fh.flush()
             os.fsync(fh.fileno())
     return path
+
+
+class _Sink:
+    """A binary file for `torch.save` that remembers the OS error a write raised."""
+
+    def __init__(self, fh):
+        self.fh = fh
+        self.error: OSError | None = None
+
+    def write(self, data) -> int:
+        try:
+            return self.fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def flush(self) -> None:
+        self.fh.flush()
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:

@@ -101,7 +101,13 @@ class RunDir:
                 pass  # another process made it first: the lock below decides
             except OSError as exc:
                 raise output_error(exc, p) from None
-        self.lock = lock_output(p, p / LOCK_NAME)
+        try:
+            self.lock = lock_output(p, p / LOCK_NAME)
+        except OSError:  # e.g. no room for the lock file: take back the empty directory we made
+            if self.created is not None:
+                with contextlib.suppress(OSError):
+                    p.rmdir()
+            raise
         active = _OPEN.get()
         if active is not None:
             active.append(self)
@@ -141,7 +147,7 @@ class RunDir:
                 raise InputError(self.path / name, "is a symbolic link (refusing to write through it)") from None
             raise output_error(exc, self.path / name) from None
         self.written.add(name)
-        return os.fdopen(fd, "a")
+        return _NamedFile(os.fdopen(fd, "a"), self.path / name)
 
     def truncate_log(self, step: int, name: str = LOG_NAME) -> None:
         """Drop log lines past ``step`` (the checkpoint being resumed: they will be redone).
@@ -192,6 +198,37 @@ class RunDir:
             self.lock = None
 
 
+class _NamedFile:
+    """A text file whose write errors (disk full) name it, whatever the OS said."""
+
+    def __init__(self, fh, path: Path):
+        self._fh, self._path = fh, path
+
+    def write(self, text: str) -> int:
+        try:
+            return self._fh.write(text)
+        except OSError as exc:
+            raise output_error(exc, self._path) from None
+
+    def flush(self) -> None:
+        try:
+            self._fh.flush()
+        except OSError as exc:
+            raise output_error(exc, self._path) from None
+
+    def close(self) -> None:
+        try:
+            self._fh.close()
+        except OSError:  # the write that failed already said so
+            pass
+
+    def __enter__(self) -> "_NamedFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def guarded(fn):
     """Close every `RunDir` that ``fn`` opens when it returns or raises (see `RunDir`)."""
 
@@ -220,6 +257,14 @@ _OPTION_NAMES = {"omega0": "--omega", "first_omega0": "--first-omega"}
 
 def option_name(field: str) -> str:
     return _OPTION_NAMES.get(field, "--" + field.replace("_", "-"))
+
+
+def _show(value) -> str:
+    if value is None:
+        return "default"
+    if isinstance(value, tuple):
+        return "x".join(str(v) for v in value)
+    return str(value)
 
 
 def resume_config(saved, given, *, step: int, explicit=None, where=None):
@@ -262,7 +307,7 @@ def resume_config(saved, given, *, step: int, explicit=None, where=None):
             cfg = dataclasses.replace(cfg, steps=new)  # extend a finished run
         else:
             why = " (only a finished run can be extended)" if f == "steps" and new is not None and old is not None and new > old else ""
-            diffs.append(f"{option_name(f)} {new} (checkpoint: {old}){why}")
+            diffs.append(f"{option_name(f)} {_show(new)} (checkpoint: {_show(old)}){why}")
     if diffs:
         raise InputError(where, "--resume with options that differ from the checkpoint's: " + "; ".join(diffs)
                          + " (drop them, or start a new run with another -o or --overwrite)")

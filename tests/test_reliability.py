@@ -245,6 +245,36 @@ def test_fit_disk_full_names_the_run_and_leaves_nothing(store, tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []  # the run directory and the folder made for it are gone
 
 
+@pytest.fixture
+def tiny_fs(tmp_path):
+    """A real 256 KiB tmpfs (true ENOSPC, then EROFS), where the tests may mount one."""
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root with CAP_SYS_ADMIN)")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
+
+
+def test_real_full_and_read_only_file_system(tiny_fs, tmp_path, store):
+    src = tmp_path / "big.npy"
+    np.save(src, np.random.default_rng(0).random((512, 512, 1), np.float32))  # 1 MiB, incompressible
+    attempts = [("ingest", src, "-o", tiny_fs / "o.zarr"),
+                ("fit", store, "-o", tiny_fs / "r.run", "--steps", "2", "--width", "256", "--depth", "6")]
+    for code in (errno.ENOSPC, errno.EROFS):
+        if code == errno.EROFS:
+            subprocess.run(["mount", "-o", "remount,ro", str(tiny_fs)], check=True)
+        for args in attempts:
+            r = run(*args)
+            assert r.exit_code == 1, (r.stderr, r.exception)
+            line = error_line(r)
+            assert os.strerror(code) in line and str(args[3]) in line and ".tmp-" not in line, line
+            assert list(tiny_fs.iterdir()) == []
+
+
 # -- --time-budget, rates and resume ------------------------------------------------------
 
 
@@ -301,6 +331,31 @@ def test_resume_extends_a_finished_run_and_trains_the_extra_steps(store, tmp_pat
 
 
 # -- preemption inside a pipe, and on Slurm -----------------------------------------------
+
+
+@pytest.mark.parametrize("rounds", [False, True], ids=["in_core", "out_of_core"])
+def test_kill_9_then_resume_is_bit_identical(tmp_path, rounds):
+    import torch
+
+    store = make_image_store(tmp_path / "g.zarr", (16, 16), chunks=(8, 8))
+    args = [*FIT, "--steps", "120", "--strategy", "intstream"] + (["--out-of-core"] if rounds else [])
+    manifest(run("fit", store, "-o", tmp_path / "ref", *args))
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_fit_cmd(store, cut, *args[len(FIT):], "--checkpoint-every", "0"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=ENV)
+    wait_for(lambda: (cut / "log.jsonl").exists() and len((cut / "log.jsonl").read_text().splitlines()) >= 2,
+             "two log lines")
+    proc.kill()
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    m = manifest(run("fit", store, "-o", cut, *args, "--resume"))
+    assert m["steps"] == 120 and 0 < m["resumed_from_step"] < 120
+    ref_w = torch.load(tmp_path / "ref" / "checkpoint.pt", weights_only=True)["model"]
+    res_w = torch.load(cut / "checkpoint.pt", weights_only=True)["model"]
+    for k in ref_w:
+        assert torch.equal(ref_w[k], res_w[k]), k
+
+
 
 
 def _fit_cmd(store, run_dir, *extra):
