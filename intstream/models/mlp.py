@@ -77,6 +77,13 @@ class ModelConfig:
             raise ValueError(f"in_dim, out_dim and width must be >= 1 (got {self.in_dim}, {self.out_dim}, {self.width})")
         if self.depth < 2:
             raise ValueError(f"depth counts linear layers and must be >= 2 (got {self.depth})")
+        # NaN/Inf factors or an unallocatable width (a config or a weights file's metadata).
+        from ..config import check_number
+
+        check_number(self, "omega0", lo=0, lo_open=True)
+        check_number(self, "first_omega0", lo=0, lo_open=True, optional=True)
+        check_number(self, "width", lo=1, hi=1 << 20, integer=True)
+        check_number(self, "depth", lo=2, hi=1 << 12, integer=True)
 
     def to_dict(self) -> dict:
         """Plain JSON-able dict; inverse of `from_dict`."""
