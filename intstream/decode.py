@@ -580,6 +580,9 @@ def check_decode_output(
     from .store import local_store_path, store_location, url_scheme
 
     fmt = output_format(path, weights.kind)
+    if len(shape) != len(weights.shape) or any(
+            isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in shape):
+        raise InputError(path, f"decode shape {tuple(shape)} is not {len(weights.shape)} positive integers")
     if url_scheme(path):
         if local_store_path(path) is None:  # memory://, s3://...: only a store; create_store checks the rest
             if fmt != "zarr":
