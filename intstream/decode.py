@@ -597,7 +597,8 @@ def check_decode_output(
     where = "x".join(str(n) for n in shape)
     if memory > budget:
         raise InputError(out, f"decoding at {where} to {Path(out).suffix} would hold about {_human(memory)} in memory, "
-                              f"above the {_human(budget)} budget (decode to .zarr or .tif, or a smaller --shape)")
+                              f"above the {_human(budget)} budget (decode to {'.tif or ' if fmt == 'png' else ''}"
+                              f".zarr, which stream, or give a smaller --shape)")
     free = shutil.disk_usage(out.parent).free
     if out.exists() and out.is_file():
         free += out.stat().st_size  # replaced only once the new one is complete, but counted as freed

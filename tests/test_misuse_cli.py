@@ -251,6 +251,17 @@ def test_decode_refused_up_front(make, name, fitted, tmp_path):
     assert listing(fitted["root"]) == before_store
 
 
+def test_mesh_decode_too_big_for_memory_is_refused(tmp_path):
+    (tmp_path / "t.obj").write_text(TET)
+    assert run("ingest", tmp_path / "t.obj", "-o", tmp_path / "t.zarr", "--resolution", "8").exit_code == 0
+    r = run("fit", tmp_path / "t.zarr", "-o", tmp_path / "t.run", "--steps", "1", "--width", "8", "--depth", "2",
+            "--device", "cpu")
+    assert r.exit_code == 0, r.output
+    before = listing(tmp_path)
+    assert_refused(run("eval", tmp_path / "t.run", "--metrics", "none", "--decode", tmp_path / "m.ply",
+                       "--shape", "4096,4096,4096"), ["m.ply", "in memory"], before, tmp_path)
+
+
 # -- 5. decompression bombs ---------------------------------------------------------------------
 
 def test_png_bomb_is_not_decoded(tmp_path):
