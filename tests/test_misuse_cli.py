@@ -273,6 +273,20 @@ def test_png_bomb_is_not_decoded(tmp_path):
     assert "INTSTREAM_MAX_PIXELS" in line
 
 
+def test_single_strip_tiff_bomb_is_not_decoded(tmp_path):
+    """A TIFF streams tile by tile, but a one-strip TIFF is the whole image in one piece."""
+    import tifffile
+
+    a = np.zeros((2000, 1500), np.uint8)
+    tifffile.imwrite(tmp_path / "strip.tif", a, rowsperstrip=2000, compression="zlib")
+    tifffile.imwrite(tmp_path / "tiled.tif", a, tile=(256, 256), compression="zlib")
+    before = listing(tmp_path)
+    assert_refused(run("ingest", tmp_path / "strip.tif", "-o", tmp_path / "s.zarr", "--max-pixels", "1000000"),
+                   ["strip.tif", "1500x2000", "--max-pixels"], before, tmp_path)
+    r = run("ingest", tmp_path / "tiled.tif", "-o", tmp_path / "t.zarr", "--max-pixels", "1000000")
+    assert r.exit_code == 0, r.output
+
+
 @pytest.mark.parametrize("how", ["option", "env"])
 def test_pixel_limit_can_be_set(how, fitted, tmp_path):
     png = fitted["root"] / "img.png"  # 16 x 16 = 256 pixels

@@ -194,6 +194,24 @@ class TiffImage:
         self.meta = {"source_image": {"format": "ome-tiff" if self._tif.is_ome else "tiff", "series": 0,
                                       "level": int(level), "levels": len(levels), "axes": axes}}
         self._check_not_truncated(series)
+        self._check_chunk_size()
+
+    def _check_chunk_size(self) -> None:
+        """Refuse a strip or tile larger than the decode limit: each one is decoded whole.
+
+        A TIFF written as one strip is the whole image in one compressed piece, so a tiny
+        file can still be a decompression bomb even though TIFFs are otherwise streamed.
+        """
+        chunks = tuple(int(c) for c in self._z.chunks)
+        rows, cols = chunks[1:3] if self._order == "syx" else chunks[:2]
+        limit = max_pixels()
+        if rows * cols > limit:
+            raise InputError(
+                self.path,
+                f"TIFF stores its image in pieces of {cols}x{rows} pixels ({rows * cols / 1e6:.0f} MP), each decoded "
+                f"whole, above the decode limit of {limit / 1e6:.0f} MP; if you trust it, raise the limit with "
+                f"--max-pixels {rows * cols} (or {MAX_PIXELS_ENV}), or re-save it tiled (e.g. 512x512 tiles)",
+            )
 
     def _check_not_truncated(self, series) -> None:
         """Refuse a file whose tiles/strips point past its end (cheap: offsets only)."""
