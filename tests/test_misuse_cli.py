@@ -287,6 +287,18 @@ def test_single_strip_tiff_bomb_is_not_decoded(tmp_path):
     assert r.exit_code == 0, r.output
 
 
+@pytest.mark.parametrize("kind", ["array", "sdf"])
+def test_zarr_with_a_huge_chunk_is_not_decoded(kind, tmp_path):
+    import zarr
+
+    shape = (40, 40, 40) if kind == "sdf" else (2000, 1500, 1)
+    z = zarr.create_array(str(tmp_path / "big.zarr"), shape=shape, chunks=shape, dtype="float32")
+    z[...] = 0.5
+    before = listing(tmp_path)
+    assert_refused(run("ingest", tmp_path / "big.zarr", "--kind", kind, "-o", tmp_path / "o.zarr",
+                       "--max-pixels", "10000"), ["big.zarr", "chunks of", "--max-pixels"], before, tmp_path)
+
+
 @pytest.mark.parametrize("how", ["option", "env"])
 def test_pixel_limit_can_be_set(how, fitted, tmp_path):
     png = fitted["root"] / "img.png"  # 16 x 16 = 256 pixels

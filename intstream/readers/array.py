@@ -54,6 +54,10 @@ class ArraySource:
         self.shape = tuple(int(n) for n in self._a.shape[:-1])
         self.channels = int(self._a.shape[-1])
         self.meta = {}
+        if not isinstance(self._a, np.ndarray):  # Zarr: each chunk is decoded whole (.npy is mapped)
+            from .image import refuse_big_chunks
+
+            refuse_big_chunks(path, tuple(self._a.chunks)[:-1], "Zarr array")
 
     def read(self, slices):
         return np.asarray(self._a[tuple(slices) + (slice(None),)]).astype(self.dtype, copy=False)

@@ -50,6 +50,22 @@ def max_pixels() -> int:
     return value
 
 
+def refuse_big_chunks(path, chunk: tuple[int, ...], what: str = "array") -> None:
+    """Refuse a source whose smallest readable piece (grid samples) exceeds `max_pixels`.
+
+    Zarr chunks and TIFF strips are decoded whole: a tiny file holding one huge,
+    well-compressed chunk is a decompression bomb even for a streaming reader.
+    """
+    import math
+
+    n, limit = math.prod(int(c) for c in chunk), max_pixels()
+    if n > limit:
+        shape = "x".join(str(int(c)) for c in chunk)
+        raise InputError(path, f"{what} is stored in chunks of {shape} samples ({n / 1e6:.0f} M), each decoded whole, "
+                               f"above the decode limit of {limit / 1e6:.0f} M; if you trust it, raise the limit with "
+                               f"--max-pixels {n} (or {MAX_PIXELS_ENV}), or re-chunk it smaller")
+
+
 class PillowImage:
     """A Pillow-decodable image (decoded whole: these formats cannot be read by region)."""
 

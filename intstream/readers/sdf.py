@@ -304,9 +304,15 @@ def _open_zarr(path: Path):
         node = zarr.open(str(path), mode="r")
     except Exception as exc:
         raise InputError(path, f"unreadable Zarr ({exc.__class__.__name__}: {_one_line(exc)})") from None
-    if isinstance(node, zarr.Array):
-        return node
-    arrays = dict(node.arrays())
+    if not isinstance(node, zarr.Array):
+        node = _one_array(path, dict(node.arrays()))
+    from .image import refuse_big_chunks
+
+    refuse_big_chunks(path, tuple(node.chunks)[:3], "Zarr volume")  # each chunk is decoded whole
+    return node
+
+
+def _one_array(path: Path, arrays: dict):
     for name in ("sdf", "signal"):
         if name in arrays:
             return arrays[name]
