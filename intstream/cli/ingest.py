@@ -45,8 +45,9 @@ def _parse_chunks(ctx, param, value):
     "--max-pixels",
     type=click.IntRange(1, 1 << 48),
     envvar="INTSTREAM_MAX_PIXELS",
-    help="Largest PNG/JPEG/WebP/BMP to decode (they are decoded whole; default 2**28, a 16384² image; "
-    "env INTSTREAM_MAX_PIXELS). Guards against decompression bombs; TIFFs stream and have no limit.",
+    help="Decode limit in pixels (samples) of what is decoded whole: a PNG/JPEG/WebP/BMP image, a TIFF strip "
+    "or tile, a Zarr chunk (default 2**28, a 16384² image; env INTSTREAM_MAX_PIXELS). Guards against "
+    "decompression bombs.",
 )
 @click.option("--level", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Resolution level of a pyramidal TIFF (SVS, NDPI, OME-TIFF) or OME-Zarr image (0: full).")
