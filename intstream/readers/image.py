@@ -15,7 +15,8 @@ __all__ = ["open_image"]
 TIFF_SUFFIXES = (".tif", ".tiff", ".btf", ".tf8", ".svs", ".ndpi")  # whole-slide scans are TIFFs too
 # PNG/JPEG/WebP/BMP are decoded whole: refuse more pixels than this (a 16384 x 16384
 # image; 768 MiB as 8-bit RGB) unless raised, so a decompression bomb (a tiny file that
-# declares a huge image) is never decoded. TIFFs stream and have no limit.
+# declares a huge image) is never decoded. TIFFs and Zarr arrays stream, but each strip,
+# tile or chunk is decoded whole, so the same limit applies to those pieces.
 MAX_PIXELS = 1 << 28
 MAX_PIXELS_ENV = "INTSTREAM_MAX_PIXELS"
 
