@@ -193,6 +193,7 @@ def _bad_fit_cases():
         (["--interval-schedule", "fixed:0"], "--interval-schedule"),
         (["--steps", "0"], "--steps"),
         (["--lr", "nan"], "--lr"),
+        (["--memory-budget", "1K"], "--memory-budget"),  # no memory plan fits
     ]
     try:
         import torch
