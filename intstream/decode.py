@@ -634,7 +634,7 @@ def open_writer(path: str | os.PathLike, weights, shape: tuple[int, ...], *, ove
                           overwrite=overwrite) as w:
             yield _Zarr(w, norm)
         return
-    with atomic_output(out) as tmp:
+    with atomic_output(out, overwrite=overwrite) as tmp:  # no clobbering at the rename
         try:
             if fmt == "png":
                 writer = _PNG(tmp, shape, channels, norm)

@@ -653,7 +653,7 @@ def export_weights(
             dtype, blob = pick()  # fine-tuning moved the weights past the target: one width less
     if blob is None:
         blob = encoded(dtype)
-    with atomic_output(out) as tmp:
+    with atomic_output(out, overwrite=overwrite) as tmp:  # no clobbering at the rename
         with open(tmp, "wb") as fh:
             fh.write(blob)
             fh.flush()
