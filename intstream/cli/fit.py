@@ -69,7 +69,7 @@ def _check_interval(ctx, param, value):
 @click.option("--first-omega", "first_omega0", type=options.FiniteFloat(0, min_open=True), help="First layer's omega_0 if different (e.g. 3000 for audio).")
 @click.option("--lr", type=options.FiniteFloat(0, min_open=True), help=f"Adam learning rate, cosine-decayed over T (default: {_by_kind('lr')}).")
 @options.seed
-@click.option("--time-budget", type=options.FiniteFloat(0, min_open=True), help="Stop after this many training seconds.")
+@click.option("--time-budget", type=options.FiniteFloat(0, min_open=True), help="Stop after this many training seconds of this process (a resumed run gets them afresh).")
 @click.option("--target-psnr", type=options.FiniteFloat(), help="Stop once the training PSNR reaches this (dB).")
 @options.device
 @click.option("--scheduler", help="dask.distributed scheduler address for out-of-core rounds (default: local threads).")
@@ -78,7 +78,7 @@ def _check_interval(ctx, param, value):
 @click.option("--log-every", type=click.IntRange(1, options.MAX_COUNT), default=100, show_default=True, help="Steps between log lines.")
 @click.option("--checkpoint-every", type=options.FiniteFloat(0), default=300.0, show_default=True,
               help="Seconds between checkpoints.")
-@click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint (fresh start if none).")
+@click.option("--resume", is_flag=True, help="Continue from the run directory's checkpoint (fresh start if none); options that differ from it are refused, except --time-budget, --checkpoint-every and a larger --steps for a finished run.")
 @options.overwrite
 @options.debug
 @stage("fit")
