@@ -23,7 +23,7 @@ from intstream.export import CODERS, WEIGHT_DTYPES
 @click.option("--finetune", type=click.IntRange(0, options.MAX_COUNT), default=0, show_default=True,
               help="Steps of quantisation-aware fine-tuning before an intN export (needs the run's store).")
 @click.option("--finetune-lr", type=options.FiniteFloat(0, min_open=True),
-              help="Fine-tuning learning rate (default 1e-4 images, 2e-5 audio/SDF).")
+              help="Fine-tuning learning rate (default by bit width: 3e-6 int8 ... 3e-4 int4).")
 @click.option("--bpp", type=options.FiniteFloat(0, options.MAX_BITS, min_open=True), help="Target size in bits per pixel (images).")
 @click.option("--kbps", type=options.FiniteFloat(0, options.MAX_KBPS, min_open=True), help="Target size in kbit/s (audio).")
 @click.option("--bits-per-sample", type=options.FiniteFloat(0, options.MAX_BITS, min_open=True),
