@@ -81,7 +81,7 @@ def codec_available(codec: str) -> bool:
 
 SWEEPS = {
     "jpeg": [1, 2, 3, 4, 5, 7, 10, 15, 20, 30, 40, 50, 65, 80, 90],
-    "webp": [0, 1, 3, 5, 10, 15, 20, 30, 45, 60, 75, 90],
+    "webp": [0, 1, 3, 5, 10, 15, 20, 30, 45, 60, 75, 90, 95, 100],
     "jpeg2000": [0.05, 0.08, 0.12, 0.18, 0.25, 0.35, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0],
     "avif": [0, 5, 10, 20, 30, 40, 50, 60, 70, 80, 90],
 }
@@ -329,7 +329,8 @@ def summarise(rows, curves, rates, codecs, args, load, load_end, seconds) -> str
         for c in codecs:
             anchor = [(p["bpp"], p["psnr"]) for p in curves[img][c]]
             bd, deg = bd_rate(anchor, pts)
-            degs.add(deg)
+            if deg:
+                degs.add(deg)
             row[f"BD-rate vs {c} %"] = None if bd is None else round(bd, 1)
         bd_rows.append(row)
     mean_bd = {k: _mean([r[k] for r in bd_rows]) for k in (bd_rows[0] if bd_rows else {}) if k != "image"}

@@ -383,3 +383,18 @@ def test_finetune_needs_the_store(crop, tmp_path):
     _one_line_exit2(["export-weights", str(run), "-o", str(tmp_path / "w.safetensors"), "--dtype", "int6",
                      "--finetune", "5"], "--finetune needs the run's store")
     assert not (tmp_path / "w.safetensors").exists()
+
+
+def test_fake_quant_is_the_export_grid():
+    """QAT trains against exactly the values the file stores (2-D rows and 3-D tile groups)."""
+    from intstream.qat import fake_quant
+
+    rng = np.random.default_rng(7)
+    for shape in ((24, 40), (3, 16, 8)):
+        w = torch.from_numpy(rng.normal(0, 0.03, shape).astype(np.float32)).requires_grad_()
+        for bits in (8, 5, 3):
+            fq = fake_quant(w, bits)
+            assert torch.equal(fq.detach(), torch.from_numpy(dequantize(*quantize(w.detach().numpy(), bits))))
+            fq.sum().backward()
+            assert torch.equal(w.grad, torch.ones_like(w))  # straight through
+            w.grad = None
