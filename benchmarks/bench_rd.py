@@ -219,6 +219,29 @@ def coder_comparison(run_dir: str, repeats: int = 5) -> str:
     return markdown(rows)
 
 
+def qat_table(run_dir: str, steps=(0, 100, 300), dtypes=("int8", "int6", "int5", "int4")) -> str:
+    """PSNR drop of each integer width against float32, with and without ``--finetune`` (needs the run's store)."""
+    from intstream.evaluate import evaluate
+    from intstream.export import export_weights
+
+    with tempfile.TemporaryDirectory(prefix="bench_qat_") as tmp:
+        def ev(path):
+            return evaluate(path, metrics="psnr,ssim", device="cpu", progress=False)["metrics"]
+
+        ref_man = export_weights(run_dir, Path(tmp) / "f32.safetensors", dtype="float32")
+        ref = ev(ref_man["weights"])
+        rows = [{"dtype": "float32", "finetune steps": None, "bytes": ref_man["bytes"], "PSNR dB": round(ref["psnr"], 2),
+                 "drop dB": 0.0, "SSIM": round(ref["ssim"], 4), "QAT s": None}]
+        for dt in dtypes:
+            for n in steps:
+                man = export_weights(run_dir, Path(tmp) / f"{dt}_{n}.safetensors", dtype=dt, finetune=n, device="cpu")
+                m = ev(man["weights"])
+                rows.append({"dtype": dt, "finetune steps": n, "bytes": man["bytes"], "PSNR dB": round(m["psnr"], 2),
+                             "drop dB": round(ref["psnr"] - m["psnr"], 2), "SSIM": round(m["ssim"], 4),
+                             "QAT s": (man.get("finetune") or {}).get("seconds")})
+    return markdown(rows)
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -237,7 +260,11 @@ def main() -> None:
     ap.add_argument("--smoke", action="store_true")
     ap.add_argument("--out", help="Output prefix (default benchmarks/results/rd; smoke: nothing unless given).")
     ap.add_argument("--coders", metavar="RUN_DIR", help="Only compare entropy coders on this run's weights.")
+    ap.add_argument("--qat", metavar="RUN_DIR", help="Only measure quantisation drops with/without --finetune.")
     args = ap.parse_args()
+    if args.qat:
+        print(qat_table(args.qat))
+        return
     if args.coders:
         print(coder_comparison(args.coders))
         return
