@@ -137,7 +137,7 @@ def main(argv=None) -> int:
     if args.smoke:
         args.images, args.kodak_size, args.steps, args.width, args.depth, args.log_every = [1], (32, 24), 20, 16, 3, 5
         args.score_px, args.models, args.repeats, args.train_px, args.train_steps = 128, ["3x16"], 1, 16, 5
-        args.ooc_edge, args.ooc_steps, args.ooc_budget, args.ooc_chunks = 256, 20, 1 << 20, 128
+        args.ooc_edge, args.ooc_steps, args.ooc_budget, args.ooc_chunks = 256, 20, 1 << 30, 128
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         progress("bench_gpu: --device cuda but torch sees no CUDA device "
                  f"(torch {torch.__version__}, CUDA build {torch.version.cuda}); run on a GPU node, or --device cpu")

@@ -83,12 +83,11 @@ def run(args) -> list[dict]:
                 m = fit(store["store"], run_dir, FitConfig(**opts), overwrite=True, progress=False)
                 ev = evaluate(run_dir, store=store["store"], device="cpu", progress=False)["metrics"]
                 key = "snr" if kind == "audio" else "psnr"
-                row["kind"] = kind
-                row[f"{targets}_{key}"] = round(ev[key], 2)
+                row["kind"], row["metric"] = kind, key
+                row[f"{targets}_db"] = round(ev[key], 2)
                 row[f"{targets}_seconds"] = round(m["train_seconds"], 1)
                 progress(f"{src.stem} {targets}: {key} {ev[key]:.2f} dB in {m['train_seconds']:.1f} s")
-            key = "snr" if row["kind"] == "audio" else "psnr"
-            row["signed_minus_unit_db"] = round(row[f"signed_{key}"] - row[f"unit_{key}"], 2)
+            row["signed_minus_unit_db"] = round(row["signed_db"] - row["unit_db"], 2)
             rows.append(row)
     return rows
 
@@ -113,7 +112,7 @@ def main(argv=None) -> None:
     t0 = time.perf_counter()
     rows = run(args)
     gains = [r["signed_minus_unit_db"] for r in rows if r["kind"] == "image"]
-    setting = (f"full batch, SIREN {args.depth}x{args.width}, T={args.steps}, seed 0, {args.px}² centre crops; "
+    setting = (f"eval's PSNR on the [0, 1] scale, SNR for audio; full batch, model from --model auto, SIREN {args.depth}x{args.width}, T={args.steps}, seed 0, {args.px}² centre crops; "
                f"{machine()}")
     out = results_path(args.out, "targets", args.smoke)
     summary = [{"images": len(gains), "mean_gain_db_signed_vs_unit": round(statistics.mean(gains), 2) if gains else None}]
