@@ -591,6 +591,12 @@ def check_decode_output(
         path = store_location(path)  # file:// -> its path
     sources = [p for p in (weights.path, weights.store_path, *inputs) if p]
     out = check_output_path(path, overwrite=overwrite, inputs=tuple(sources))
+    if out.exists() or out.is_symlink():  # --overwrite replaces a decode, never something else
+        is_store = out.is_dir() and any((out / m).exists() for m in ("zarr.json", ".zgroup", ".zarray"))
+        if fmt == "zarr" and not is_store:
+            raise InputError(out, "exists and is not a Zarr store; not replacing it")
+        if fmt != "zarr" and (out.is_dir() or not out.is_file()):
+            raise InputError(out, "exists and is a folder or a special file, not a file; not replacing it")
     refuse_inside_inputs(out, weights, inputs)
     disk, memory = decode_sizes(fmt, weights, tuple(shape))
     budget = DECODE_MEMORY if memory_budget is None else int(memory_budget)

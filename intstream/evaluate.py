@@ -37,6 +37,8 @@ from .plan import predict_batch
 from .metrics import (
     SSIM_WIN,
     ErrorSums,
+    SpectralDistance,
+    audio_full_scale,
     chamfer_distance,
     iou_from_counts,
     occupancy_counts,
@@ -49,11 +51,19 @@ __all__ = ["METRICS", "DEFAULT_METRICS", "resolve_metrics", "check_store", "eval
 
 METRICS = {
     "image": ("psnr", "ssim"),
-    "audio": ("psnr", "snr"),
+    "audio": ("snr", "psnr", "lsd", "pesq", "stoi"),
     "sdf": ("iou", "chamfer"),
     "array": ("psnr",),
 }
-DEFAULT_METRICS = {"image": ("psnr", "ssim"), "audio": ("psnr", "snr"), "sdf": ("iou",), "array": ("psnr",)}
+# Audio: SNR is the headline (a PSNR near 30 dB can hide a flat line at the mean); PSNR
+# the paper's way (data range 2 on [-1, 1]); LSD. PESQ/STOI (optional packages, whole
+# signal in memory, seconds per clip) only when asked for (``--metrics all``).
+DEFAULT_METRICS = {"image": ("psnr", "ssim"), "audio": ("snr", "psnr", "lsd"), "sdf": ("iou",), "array": ("psnr",)}
+# Below this SNR (dB) an audio fit is near-constant: eval warns.
+NEAR_CONSTANT_SNR = 1.0
+# PESQ/STOI hold both signals in memory: at most this many seconds (per channel).
+SPEECH_MAX_SECONDS = 600.0
+AUDIO_HELP = "README.md § Audio"
 # Plots decode at most this many pixels on the long side / audio points.
 PLOT_MAX_SIDE = 1024
 PLOT_MAX_POINTS = 200_000
@@ -107,6 +117,16 @@ class _Scorer:
         self.ssim_sums, self.ssim_count = 0.0, 0
         self.inter = self.union = 0
         self.meshers = None
+        self.lsd = SpectralDistance() if "lsd" in metrics else None
+        self.full_scale = audio_full_scale(self.norm.dtype) if store.kind == "audio" else 1.0
+        self.speech, self.speech_skipped = None, {}
+        if store.kind == "audio" and ("pesq" in metrics or "stoi" in metrics):
+            rate = float(store.meta.get("sample_rate") or 0)
+            if rate and store.shape[0] / rate <= SPEECH_MAX_SECONDS:
+                self.speech = ([], [])
+            else:
+                why = f"longer than {SPEECH_MAX_SECONDS:.0f} s (needs the whole signal in memory)"
+                self.speech_skipped = {m: why for m in ("pesq", "stoi") if m in metrics}
         if "chamfer" in metrics:
             from .decode import SlabMesher, sdf_geometry
 
@@ -134,11 +154,20 @@ class _Scorer:
                 for b, reg, n in zip(block, region, self.store.shape):
                     lo, hi = max(b.start, r), min(b.stop, n - r)
                     core.append(slice(lo - reg.start, max(hi, lo) - reg.start))
-                sums, count = ssim_block_sums(q_r, self.norm.targets(values_r), tuple(core), data_range=1.0)
+                sums, count = ssim_block_sums(self.norm.to_unit(q_r), self.norm.to_unit(self.norm.targets(values_r)),
+                                               tuple(core), data_range=1.0)
                 self.ssim_sums = self.ssim_sums + sums
                 self.ssim_count += count
-        if kind == "audio" and "snr" in self.metrics:
-            self.err_v.add(self.float_norm.inverse(pred), values.astype(np.float64))
+        if kind == "audio":
+            # On the [-1, 1] scale the paper uses (x / 32768 for 16-bit PCM), in float64.
+            wave = self.float_norm.inverse(pred) / self.full_scale
+            ref = values.astype(np.float64) / self.full_scale
+            self.err_v.add(wave, ref)
+            if self.lsd is not None:
+                self.lsd.add(wave, ref)
+            if self.speech is not None:
+                self.speech[0].append(wave.astype(np.float32))
+                self.speech[1].append(ref.astype(np.float32))
         if kind == "sdf":
             i, u = occupancy_counts(pred[..., 0], target[..., 0])
             self.inter += i
@@ -150,11 +179,13 @@ class _Scorer:
 
     def result(self) -> dict:
         kind, out = self.store.kind, {}
+        if kind == "audio":
+            return self._audio_result()
         if "psnr" in self.metrics:
-            out["psnr"] = _num(self.err.psnr(1.0))
-            out["mse"] = _num(self.err.mse)
+            out["psnr"] = _num(self.err.psnr(self.norm.span))  # on the signal's [0, 1] scale
+            out["mse"] = _num(self.err.mse / self.norm.span**2)  # on the [0, 1] scale too
             if kind == "image":
-                out["psnr_quantized"] = _num(self.err_q.psnr(1.0))
+                out["psnr_quantized"] = _num(self.err_q.psnr(self.norm.span))
                 out["quantized_dtype"] = self.norm.dtype
         if "ssim" in self.metrics:
             out["ssim"] = _num(float(np.mean(self.ssim_sums / self.ssim_count))) if self.ssim_count else None
@@ -167,6 +198,31 @@ class _Scorer:
                 (va, fa), (vb, fb) = self.meshers[0].mesh(), self.meshers[1].mesh()
                 out["chamfer"] = _num(chamfer_distance(va, fa, vb, fb))
                 out["chamfer_units"] = "normalised box"
+        return out
+
+    def _audio_result(self) -> dict:
+        out = {}
+        if "snr" in self.metrics:
+            out["snr"] = _num(self.err_v.snr())
+        if "psnr" in self.metrics:
+            out["psnr"] = _num(self.err_v.psnr(2.0))  # the paper's: data range 2 on [-1, 1]
+            out["psnr_range"] = "[-1, 1], data range 2"
+            out["mse"] = _num(self.err_v.mse)
+        if self.lsd is not None:
+            out["lsd"] = _num(self.lsd.result())
+        wanted = tuple(m for m in ("pesq", "stoi") if m in self.metrics)
+        skipped = dict(self.speech_skipped)
+        if self.speech is not None and wanted:
+            from .metrics import speech_scores
+
+            pred, ref = np.concatenate(self.speech[0]), np.concatenate(self.speech[1])
+            scores, more = speech_scores(pred, ref, int(self.store.meta["sample_rate"]), wanted)
+            skipped.update(more)
+            out.update({k: _num(v) for k, v in scores.items()})
+        for m in wanted:
+            out.setdefault(m, None)
+        if skipped:
+            out["skipped"] = skipped
         return out
 
 
@@ -208,7 +264,7 @@ def score(
     regions = [_grow(b, shape, halo) for b in blocks]
 
     def gen():
-        with ThreadPoolExecutor(max_workers=1) as pool, Progress(len(blocks), "eval", enabled=progress) as bar:
+        with ThreadPoolExecutor(max_workers=1) as pool, Progress(len(blocks), "eval", enabled=progress, unit="block") as bar:
             # One block of read-ahead: reads overlap the forward pass, memory stays bounded.
             pending = pool.submit(store.read, regions[0]) if blocks else None
             for i, (block, region) in enumerate(zip(blocks, regions)):
@@ -336,11 +392,12 @@ def evaluate(
         else:
             result = score(model, st, names, _store_blocks(st), batch=batch, progress=progress)
         t_score = time.perf_counter() - t1
+        _warn_near_constant(kind, result)
     if decode is not None and decoded is None:
         with open_writer(decode, weights, dec_shape, overwrite=overwrite) as writer:
             writer.consume(predict_blocks(model, dec_shape, weights.norm.extent,
                                           block_slices(dec_shape, writer.block), batch=batch))
-        decoded = output_location(decode)  # a path or a store URL
+        decoded = output_location(decode)
     plots = None
     if plot_dir is not None:
         plots = _plots(plot_dir, weights, model, st, batch=batch)
@@ -368,6 +425,16 @@ def evaluate(
         manifest["bytes"] = nbytes
         manifest["bits_per_sample"] = round(8 * nbytes / math.prod(weights.shape), 6)
     return manifest
+
+
+def _warn_near_constant(kind: str, result: dict) -> None:
+    """Say so on stderr when an audio fit is a flat line (SNR below `NEAR_CONSTANT_SNR`)."""
+    snr = result.get("snr")
+    if kind == "audio" and isinstance(snr, float) and snr < NEAR_CONSTANT_SNR:
+        print(f"intstream eval: warning: SNR {snr:.2f} dB: the model predicts the mean; see {AUDIO_HELP} "
+              "(the audio defaults, or more steps / --time-budget)", file=sys.stderr)
+    for name, why in (result.get("skipped") or {}).items():
+        print(f"intstream eval: {name} skipped: {why}", file=sys.stderr)
 
 
 # -- plots ----------------------------------------------------------------------------
@@ -402,12 +469,27 @@ def _plots(out_dir: Path, weights, model, store: SignalStore | None, *, batch: i
         target = None if store is None else norm.targets(store.array[::step, ::step, :])
         made.append(plots.image_error(pred, target, out_dir / "error.png", step=step))
     elif kind == "audio":
+        # On the [-1, 1] scale; the waveform strided over the whole signal, the
+        # spectrograms over a contiguous stretch at the full rate (striding would alias).
+        fnorm = dataclasses.replace(norm, dtype="float64")
+        fs = audio_full_scale(norm.dtype)
+        wave = lambda t: fnorm.inverse(t) / fs  # noqa: E731
         step = max(1, math.ceil(shape[0] / PLOT_MAX_POINTS))
         idx = [np.arange(0, shape[0], step)]
-        pred = _predict_at(model, shape, extent, idx, batch)
-        target = None if store is None else norm.targets(store.array[::step, :])
-        rate = float(weights.signal.get("sample_rate") or 1.0) / step
-        made.append(plots.audio_error(pred, target, out_dir / "waveform.png", sample_rate=rate))
+        pred = wave(_predict_at(model, shape, extent, idx, batch))
+        target = None if store is None else store.array[::step, :].astype(np.float64) / fs
+        rate = float(weights.signal.get("sample_rate") or 1.0)
+        excerpt = None
+        if step > 1:
+            m = min(shape[0], PLOT_MAX_POINTS)
+            ex_t = None if store is None else store.array[:m, :].astype(np.float64) / fs
+            excerpt = (wave(_predict_at(model, shape, extent, [np.arange(m)], batch)), ex_t)
+        snr = None
+        if target is not None:
+            err = float(np.sum((pred - target) ** 2))
+            snr = 10 * math.log10(float(np.sum(target**2)) / err) if err > 0 else None
+        made.append(plots.audio_error(pred, target, out_dir / "waveform.png", sample_rate=rate / step,
+                                      excerpt=excerpt, excerpt_rate=rate, snr=snr))
     elif kind == "sdf" and len(shape) == 3:
         mid = shape[0] // 2
         step = max(1, math.ceil(max(shape[1:]) / PLOT_MAX_SIDE))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import check_keys, check_number
+from .config import ConfigError, check_keys, check_number
 from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, load_checkpoint, save_checkpoint
 from .device import resolve_device
 from .errors import InputError
@@ -30,10 +30,12 @@ from .store import SignalStore, open_store
 
 __all__ = ["FitConfig", "fit", "resolve_config", "KIND_DEFAULTS"]
 
-# The paper's per-modality defaults (DESIGN §4).
+# The paper's per-modality defaults (DESIGN §4), except audio's first-layer frequency:
+# with the paper's omega0 30 a SIREN predicts the mean of speech (SNR ~0 dB); 3000 (the
+# SIREN paper's audio setting) fits it (benchmarks/bench_targets.py: 35 dB SNR on 0.5 s).
 KIND_DEFAULTS = {
     "image": {"lr": 1e-3, "steps": 5000},
-    "audio": {"lr": 1e-4, "steps": 5000},
+    "audio": {"lr": 1e-4, "steps": 5000, "first_omega0": 3000.0},
     "sdf": {"lr": 1e-4, "steps": 10000},
     "array": {"lr": 1e-3, "steps": 5000},
 }
@@ -50,7 +52,13 @@ class FitConfig:
         default T is the kind's (the paper's) times the strategy's ``STEPS_FACTOR``.
     arch, width, depth, omega0, first_omega0
         The coordinate network (SIREN 6 x 256, omega0 30 by default; ``first_omega0``
-        overrides the first layer's factor).
+        overrides the first layer's factor). With the tiled model, width and depth are
+        each tile's; ``None`` = from ``capacity`` and the kind's default.
+    model, capacity, tile, overlap
+        ``auto`` (tiled when one default SIREN has < 1 parameter per value), ``single``
+        or ``tiled`` (DESIGN §9); parameters per signal value (sizes the width); the
+        tiled model's tile edge per axis (``"64x64"`` or one int) and blending margin
+        in samples. See `intstream.models.sizing`.
     strategy, ratio, ratio_schedule, interval_schedule, random_share, score_dtype
         The teacher (see `intstream.teach`); ``None`` takes the strategy's preset.
     seed
@@ -76,6 +84,10 @@ class FitConfig:
     out_of_core
         Train in rounds over the store's chunks even when the signal would fit the budget
         (for tests, benchmarks and comparisons); the manifest's ``out_of_core`` says which ran.
+    measure_psnr
+        Out of core: measure every logged PSNR over all samples (one streamed pass over the
+        store per log line, not counted as training time) instead of estimating it from
+        the teacher's per-chunk statistics.
     round_chunks
         Out of core: chunks per round (None = from the budget).
     """
@@ -84,8 +96,8 @@ class FitConfig:
     lr: float | None = None
     lr_min: float = 1e-6
     arch: str = "siren"
-    width: int = 256
-    depth: int = 6
+    width: int | None = None
+    depth: int | None = None
     omega0: float = 30.0
     first_omega0: float | None = None
     strategy: str = "intstream"
@@ -105,9 +117,21 @@ class FitConfig:
     log_every: int = 100
     checkpoint_every: float = 300.0
     out_of_core: bool = False
+    measure_psnr: bool = False
     round_chunks: int | None = None
+    model: str = "auto"
+    capacity: float | None = None
+    tile: tuple[int, ...] | None = None
+    overlap: float | None = None
 
     def __post_init__(self):
+        if self.tile is not None:  # "64x64", 64 or a list (JSON, TOML) -> a tuple
+            from .models.sizing import parse_tile
+
+            try:
+                object.__setattr__(self, "tile", parse_tile(self.tile))
+            except (ValueError, TypeError) as exc:
+                raise ConfigError(None, f"FitConfig.tile = {self.tile!r}: {exc}") from None
         # Numbers the CLI checks too, so the Python API refuses NaN/Inf/out-of-range alike
         # (a ConfigError is a ValueError; the CLI turns it into exit 2).
         for name, rule in _NUMBER_RULES.items():
@@ -126,8 +150,10 @@ _NUMBER_RULES = {
     "steps": dict(lo=1, integer=True, optional=True),
     "lr": dict(lo=0, lo_open=True, optional=True),
     "lr_min": dict(lo=0),
-    "width": dict(lo=1, integer=True),
-    "depth": dict(lo=2, integer=True),
+    "width": dict(lo=1, hi=1 << 16, integer=True, optional=True),
+    "depth": dict(lo=2, hi=1024, integer=True, optional=True),
+    "capacity": dict(lo=0, lo_open=True, hi=1e4, optional=True),
+    "overlap": dict(lo=0, optional=True),
     "omega0": dict(lo=0, lo_open=True),
     "first_omega0": dict(lo=0, lo_open=True, optional=True),
     "ratio": dict(lo=0, lo_open=True, hi=1, optional=True),
@@ -144,12 +170,13 @@ _NUMBER_RULES = {
 
 
 def resolve_config(cfg: FitConfig, kind: str) -> FitConfig:
-    """Fill the kind's defaults (steps, lr) into ``cfg``."""
+    """Fill the kind's defaults (steps, lr, audio's first-layer omega0) into ``cfg``."""
     from .teach.config import STEPS_FACTOR
 
     d = KIND_DEFAULTS[kind]
     steps = cfg.steps or round(d["steps"] * STEPS_FACTOR.get(cfg.strategy, 1.0))
-    return replace(cfg, steps=steps, lr=cfg.lr or d["lr"])
+    first = cfg.first_omega0 if cfg.first_omega0 is not None else d.get("first_omega0")
+    return replace(cfg, steps=steps, lr=cfg.lr or d["lr"], first_omega0=first)
 
 
 def _setup_torch(device) -> None:
@@ -185,11 +212,30 @@ def _set_rng_state(state: dict) -> None:
 
 
 def _data_range(store: SignalStore) -> float:
-    """Range of the targets: 1 for normalised kinds, the distance range for SDFs."""
+    """Range of the targets: the nominal range's span (PSNR on the signal's [0, 1] scale
+    whether targets are unit or signed), the distance range for SDFs."""
     if store.kind == "sdf" and store.meta.get("value_range"):
         lo, hi = store.meta["value_range"]
         return float(hi - lo) or 1.0
-    return 1.0
+    return store.norm.span
+
+
+def _model_config(cfg: FitConfig, given: FitConfig, store: SignalStore):
+    """``(ModelConfig, cfg)`` for a fresh run: `intstream.models.sizing` picks single or tiled
+    and the width; a tiled model takes the kind's tiled lr unless ``--lr`` was given."""
+    from .models import ModelConfig
+    from .models.sizing import TILED_DEFAULTS, model_kwargs
+
+    try:
+        kw = model_kwargs(store.kind, store.shape, store.channels, store.norm.extent, model=cfg.model,
+                          capacity=cfg.capacity, tile=cfg.tile, overlap=cfg.overlap, arch=cfg.arch,
+                          width=cfg.width, depth=cfg.depth, omega0=cfg.omega0, first_omega0=cfg.first_omega0)
+        model_cfg = ModelConfig(**kw)
+    except ValueError as exc:
+        raise InputError(None, str(exc)) from None
+    if model_cfg.model == "tiled" and given.lr is None:
+        cfg = replace(cfg, lr=TILED_DEFAULTS[store.kind]["lr"])
+    return model_cfg, cfg
 
 
 def _memory_plan(cfg: FitConfig, store: SignalStore, model_cfg, teacher_cfg):
@@ -307,8 +353,10 @@ def fit(
             random_share=cfg.random_share, score_dtype=cfg.score_dtype, pool=cfg.pool,
             weighting=cfg.weighting,
         )
-    model_cfg = ModelConfig(in_dim=store.ndim, out_dim=store.channels, arch=cfg.arch, width=cfg.width,
-                            depth=cfg.depth, omega0=cfg.omega0, first_omega0=cfg.first_omega0)
+    if ck is not None:  # the checkpoint's network, whatever the sizing rules say today
+        model_cfg = ModelConfig.from_dict(dict(ck["model_config"]))
+    else:
+        model_cfg, cfg = _model_config(cfg, config, store)
     # One memory plan (DESIGN §10) before the run directory exists: no plan fits -> exit 2.
     plan = _memory_plan(cfg, store, model_cfg, teacher_cfg)
     # Every option is checked above: only now does the run directory come to exist.
@@ -344,10 +392,16 @@ def fit(
     def current_psnr() -> float | None:
         """PSNR of the current weights: measured over every sample in core, estimated from
         the teacher's per-chunk statistics out of core (``psnr_measured`` says which)."""
+        mse, _ = teacher.train_mse(model, exact=cfg.measure_psnr)
+        return None if mse is None else psnr_from_mse(mse, data_range)
+
+    def estimated_psnr() -> float | None:
+        """The teacher's own estimate (out of core: per-chunk statistics), for the record."""
         mse, _ = teacher.train_mse(model)
         return None if mse is None else psnr_from_mse(mse, data_range)
 
-    psnr_measured = not teacher.out_of_core  # in core every logged PSNR is over every sample
+    # In core every logged PSNR is over every sample; out of core with --measure-psnr too.
+    psnr_measured = cfg.measure_psnr or not teacher.out_of_core
 
     start, train_seconds, summary_psnr = 0, 0.0, None
     if ck is not None:
@@ -376,8 +430,9 @@ def fit(
             "teacher_config": teacher_cfg.to_dict(),
             "store": {"path": str(store.path), "meta": store.meta},
             "summary": {"steps": step, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t_wall,
-                        "train_psnr": psnr, "strategy": teacher_cfg.strategy, "out_of_core": out_of_core,
-                        "params": count_params(model)},
+                        "train_psnr": psnr, "train_psnr_measured": psnr_measured,
+                        "estimated_psnr": estimated_psnr(), "strategy": teacher_cfg.strategy,
+                        "out_of_core": out_of_core, "params": count_params(model)},
         })
 
     stop_reason, step, done = None, start, start

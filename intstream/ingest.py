@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from .errors import InputError
+from .normalize import TARGETS
 from .progress import Progress
 from .readers import open_reader, source_path
 from .rundir import StopSignals
@@ -27,6 +28,7 @@ def ingest(
     kind: str = "auto",
     chunks: tuple[int, ...] | None = None,
     resolution: int = 256,
+    targets: str | None = None,
     level: int = 0,
     overwrite: bool = False,
     progress: bool | None = None,
@@ -43,17 +45,22 @@ def ingest(
 
     ``level`` picks the resolution level of a pyramidal TIFF (SVS, NDPI, OME-TIFF) or an
     OME-Zarr image (0, the default: full resolution).
+
+    ``targets`` maps the values to ``unit`` [0, 1] (the paper's) or ``signed`` [-1, 1]
+    training targets; None takes the kind's default (`intstream.normalize.DEFAULT_TARGETS`).
     """
+    if targets is not None and targets not in TARGETS:
+        raise InputError(None, f"--targets: {targets!r} is not one of {', '.join(TARGETS)}")
     t0 = time.perf_counter()
     src = source_path(source)  # a local Path, or a Zarr / OME-Zarr source at a URL
     out = os.fspath(output) if output is not None else default_store_path(src)  # a path or a store URL
     with StopSignals() as stop:
-        return _ingest(src, out, stop, kind=kind, chunks=chunks, resolution=resolution, overwrite=overwrite,
-                       progress=progress, t0=t0, level=level)
+        return _ingest(src, out, stop, kind=kind, chunks=chunks, resolution=resolution, targets=targets, level=level,
+                       overwrite=overwrite, progress=progress, t0=t0)
 
 
-def _ingest(src: Path, out: Path, stop: StopSignals, *, kind, chunks, resolution, overwrite, progress, t0,
-            level=0) -> dict:
+def _ingest(src: Path, out: Path, stop: StopSignals, *, kind, chunks, resolution, targets, overwrite, progress, level=0,
+            t0) -> dict:
     reader = open_reader(src, kind, resolution=resolution, level=level)
     try:
         with create_store(
@@ -64,11 +71,11 @@ def _ingest(src: Path, out: Path, stop: StopSignals, *, kind, chunks, resolution
             dtype=reader.dtype,
             chunks=chunks,
             source=src,
-            meta=reader.meta,
+            meta={**(reader.meta or {}), "targets": targets},
             overwrite=overwrite,
         ) as writer:
             blocks = list(writer.blocks())
-            with Progress(len(blocks), f"ingest {src.name}", enabled=progress) as bar:
+            with Progress(len(blocks), f"ingest {src.name}", enabled=progress, unit="block") as bar:
                 for slices in blocks:
                     stop.check()  # between blocks: zarr's writes are never cut mid-way
                     try:

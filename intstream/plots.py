@@ -17,9 +17,10 @@ import numpy as np
 from .atomic import atomic_output
 from .errors import InputError
 
-__all__ = ["PLOT_FILES", "check_plot_dir", "training_curves", "image_error", "audio_error", "sdf_slice"]
+__all__ = ["PLOT_FILES", "check_plot_dir", "training_curves", "image_error", "audio_error", "sdf_slice",
+           "worst_regions", "worst_crops", "teacher_map"]
 
-PLOT_FILES = ("training.png", "error.png", "waveform.png", "sdf_slice.png")
+PLOT_FILES = ("training.png", "error.png", "worst.png", "teacher.png", "waveform.png", "sdf_slice.png")
 
 
 def _pyplot():
@@ -57,31 +58,110 @@ def _save(fig, out: Path) -> Path:
     return out
 
 
-def training_curves(log: Path, out: Path) -> Path:
-    """Training PSNR against wall time and against steps, from a run's ``log.jsonl``."""
-    plt = _pyplot()
+def _log_rows(log: Path) -> list[dict]:
     rows = []
     for line in Path(log).read_text().splitlines():
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
             continue  # a line cut by a kill: skip it
-        if isinstance(row, dict) and row.get("psnr") is not None:
+        if isinstance(row, dict) and "step" in row:
             rows.append(row)
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.6))
+    return rows
+
+
+def training_curves(log: Path, out: Path) -> Path:
+    """From a run's ``log.jsonl``: PSNR against time and steps, the loss, and the learning
+    rate with the teacher's selected ratio."""
+    plt = _pyplot()
+    rows = _log_rows(log)
+    col = lambda key: np.array([np.nan if r.get(key) is None else float(r[key]) for r in rows])  # noqa: E731
+    fig, ((a, b), (c, d)) = plt.subplots(2, 2, figsize=(10, 6.4))
     if rows:
-        step = [r["step"] for r in rows]
-        psnr = [r["psnr"] for r in rows]
-        wall = [r.get("wall", np.nan) for r in rows]
-        train = [r.get("train_seconds", np.nan) for r in rows]
-        a.plot(wall, psnr, label="wall time")
-        a.plot(train, psnr, "--", label="training time")
+        step, psnr = col("step"), col("psnr")
+        a.plot(col("wall"), psnr, label="wall time")
+        a.plot(col("train_seconds"), psnr, "--", label="training time")
         a.legend()
         b.plot(step, psnr)
+        loss = col("loss")
+        c.plot(step, loss, color="C3")
+        if np.nanmin(loss, initial=np.inf) > 0:
+            c.set_yscale("log")
+        d.plot(step, col("lr"), color="C2", label="learning rate")
+        d.set_yscale("log")
+        r = d.twinx()
+        r.plot(step, col("ratio"), color="C4", label="selected ratio")
+        r.set(ylabel="selected ratio", ylim=(0, 1.05))
+        d.legend(handles=d.get_lines() + r.get_lines(), loc="lower left")
     a.set(xlabel="seconds", ylabel="training PSNR (dB)", title="PSNR vs time")
     b.set(xlabel="step", ylabel="training PSNR (dB)", title="PSNR vs steps")
-    for ax in (a, b):
+    c.set(xlabel="step", ylabel="loss (weighted MSE)", title="loss")
+    d.set(xlabel="step", ylabel="learning rate", title="learning rate and teacher ratio")
+    for ax in (a, b, c, d):
         ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def worst_regions(err: np.ndarray, step: int, shape: tuple[int, int], *, size: int = 96, n: int = 4
+                  ) -> list[tuple[int, int]]:
+    """Top-left corners (full-resolution pixels) of the ``n`` worst ``size``-pixel squares.
+
+    ``err`` is a per-pixel error map sampled every ``step`` pixels; it is cut into cells of
+    about ``size`` full-resolution pixels and the cells with the largest mean error win
+    (distinct cells, so the crops do not repeat one spot).
+    """
+    cell = max(1, size // step)
+    h, w = err.shape
+    hc, wc = max(1, h // cell), max(1, w // cell)
+    cells = err[: hc * cell, : wc * cell].reshape(hc, cell, wc, cell).mean(axis=(1, 3)) if h >= cell and w >= cell \
+        else np.array([[err.mean()]])
+    order = np.argsort(cells, axis=None)[::-1][:n]
+    out = []
+    for k in order:
+        i, j = divmod(int(k), cells.shape[1])
+        r0 = min(i * cell * step, max(0, shape[0] - size))
+        c0 = min(j * cell * step, max(0, shape[1] - size))
+        out.append((r0, c0))
+    return out
+
+
+def worst_crops(crops: list[tuple[np.ndarray, np.ndarray, tuple[int, int]]], out: Path) -> Path:
+    """Full-resolution crops of the worst-error regions: target, decoded and |error| for each.
+
+    ``crops``: ``(decoded, target, (row, col))`` on the [0, 1] scale.
+    """
+    plt = _pyplot()
+    n = max(1, len(crops))
+    fig, axes = plt.subplots(n, 3, figsize=(9, 3.1 * n), squeeze=False)
+    for row, (pred, target, (r0, c0)) in zip(axes, crops):
+        cmap = "gray" if pred.shape[-1] == 1 else None
+        err = np.abs(pred - target).mean(axis=-1)
+        psnr = 10 * np.log10(1.0 / max(float(np.mean((pred - target) ** 2)), 1e-12))
+        row[0].imshow(_show(target), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        row[0].set_title(f"target at ({r0}, {c0})")
+        row[1].imshow(_show(pred), cmap=cmap, vmin=0, vmax=1, interpolation="nearest")
+        row[1].set_title(f"decoded ({psnr:.1f} dB here)")
+        im = row[2].imshow(err, cmap="inferno", interpolation="nearest")
+        row[2].set_title("|error|")
+        fig.colorbar(im, ax=row[2], fraction=0.046, pad=0.04)
+        for ax in row:
+            ax.set_axis_off()
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def teacher_map(maps: list[tuple[str, np.ndarray]], out: Path) -> Path:
+    """Where the teacher sampled: heatmaps (grid-shaped) such as the per-sample error
+    estimates that drive its draws and how often each region was in the last selection."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(maps), figsize=(4.6 * len(maps), 4.0), squeeze=False)
+    for ax, (title, m) in zip(axes[0], maps):
+        im = ax.imshow(m, cmap="viridis", interpolation="nearest")
+        ax.set_title(title)
+        ax.set_axis_off()
+        fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
     return _save(fig, out)
 
 
@@ -112,22 +192,44 @@ def image_error(pred: np.ndarray, target: np.ndarray | None, out: Path, *, step:
     return _save(fig, out)
 
 
-def audio_error(pred: np.ndarray, target: np.ndarray | None, out: Path, *, sample_rate: float) -> Path:
-    """Waveform (target and prediction, first channel) and the error, on [0, 1] targets."""
+def audio_error(pred: np.ndarray, target: np.ndarray | None, out: Path, *, sample_rate: float,
+                excerpt: tuple[np.ndarray, np.ndarray | None] | None = None, excerpt_rate: float | None = None,
+                snr: float | None = None) -> Path:
+    """Waveform of target and fit, the error, and spectrograms of target and fit.
+
+    ``pred``/``target``: ``(n, channels)`` on the [-1, 1] scale at ``sample_rate`` (a
+    strided preview of a long signal); the first channel is drawn. ``excerpt``: a
+    contiguous stretch at the full rate ``excerpt_rate`` for the spectrograms (default:
+    the preview itself, which is only alias-free when it is not strided).
+    """
     plt = _pyplot()
     t = np.arange(pred.shape[0]) / float(sample_rate)
-    rows = 1 if target is None else 2
-    fig, axes = plt.subplots(rows, 1, figsize=(10, 2.6 * rows), sharex=True, squeeze=False)
-    axes = axes[:, 0]
+    spec_p, spec_t = excerpt if excerpt is not None else (pred, target)
+    rate = float(excerpt_rate or sample_rate)
+    ncols = 1 if spec_t is None else 2
+    rows = 3 if target is not None else 2
+    fig = plt.figure(figsize=(11, 2.4 * rows + 0.8))
+    gs = fig.add_gridspec(rows, ncols, height_ratios=[1.0] * (rows - 1) + [1.4])
+    ax = fig.add_subplot(gs[0, :])
     if target is not None:
-        axes[0].plot(t, target[:, 0], lw=0.5, label="target")
-    axes[0].plot(t, pred[:, 0], lw=0.5, alpha=0.8, label="decoded")
-    axes[0].set(ylabel="normalised amplitude")
-    axes[0].legend(loc="upper right")
+        ax.plot(t, target[:, 0], lw=0.4, color="0.35", label="target")
+    ax.plot(t, pred[:, 0], lw=0.4, alpha=0.75, color="C1", label="fit")
+    title = "waveform" + ("" if snr is None else f" (SNR {snr:.1f} dB)")
+    ax.set(ylabel="amplitude [-1, 1]", xlabel="seconds", title=title)
+    ax.legend(loc="upper right")
     if target is not None:
-        axes[1].plot(t, pred[:, 0] - target[:, 0], lw=0.5, color="C3")
-        axes[1].set(ylabel="error")
-    axes[-1].set(xlabel="seconds")
+        ax_e = fig.add_subplot(gs[1, :], sharex=ax)
+        ax_e.plot(t, pred[:, 0] - target[:, 0], lw=0.4, color="C3")
+        ax_e.set(ylabel="error (fit - target)", xlabel="seconds")
+    nfft = 512 if rate <= 24000 else 1024
+    spectra = [("fit", spec_p)] if spec_t is None else [("target", spec_t), ("fit", spec_p)]
+    for i, (name, sig) in enumerate(spectra):
+        a = fig.add_subplot(gs[rows - 1, i])
+        x = np.asarray(sig[:, 0], dtype=np.float64)
+        if len(x) >= nfft:
+            a.specgram(x, NFFT=nfft, Fs=rate, noverlap=nfft * 3 // 4, cmap="magma", vmin=-140, vmax=-20)
+        a.set(title=f"spectrogram, {name} (first {len(x) / rate:.1f} s)", xlabel="seconds", ylabel="Hz")
+    fig.tight_layout()
     return _save(fig, out)
 
 

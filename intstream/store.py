@@ -335,7 +335,7 @@ class StoreWriter:
         value_range = None if self._lo > self._hi else (self._lo, self._hi)
         if self.meta.get("value_range") is None:
             self.meta["value_range"] = None if value_range is None else list(value_range)
-        norm = normalisation_for(kind, self.meta["dtype"], shape, self.meta["value_range"])
+        norm = normalisation_for(kind, self.meta["dtype"], shape, self.meta["value_range"], self.meta.get("targets"))
         self.meta["normalisation"] = norm.to_dict()
         expected = _expected_chunk_keys(self.array, self.meta)
         present = _listed_chunk_keys(self.group.store)

@@ -42,7 +42,8 @@ def fit_tiny(store, run_dir, *, width=64, depth=4, steps=STEPS, lr=1e-3, seed=0)
     finally:
         torch.set_num_threads(threads)
     run_dir.mkdir()
-    psnr = 10 * math.log10(1 / mse)
+    span = float(store.meta["normalisation"].get("span", 1.0))  # targets span [-1, 1] now: eval's data range
+    psnr = 10 * math.log10(span**2 / mse)
     with open(run_dir / "log.jsonl", "w") as log:
         log.write(json.dumps({"step": steps, "wall": 1.0, "train_seconds": 1.0, "loss": mse, "psnr": psnr}) + "\n")
     save_checkpoint(run_dir / "checkpoint.pt", {

@@ -239,6 +239,9 @@ DECODES = [
     ("tif-disk", lambda f, t: ["--decode", t / "x.tif", "--shape", "10000000,10000000"], "free on"),
     ("zarr-disk", lambda f, t: ["--decode", t / "x.zarr", "--shape", f"{BIG},2"], "free on"),
     ("bad-shape", lambda f, t: ["--decode", t / "x.png", "--shape", "16,nan"], "--shape"),
+    ("folder-as-png", lambda f, t: (t / "d.png").mkdir() or ["--decode", t / "d.png", "--overwrite"], "folder"),
+    ("non-store-zarr", lambda f, t: ((t / "d.zarr").mkdir(), (t / "d.zarr" / "keep").write_text("x"))
+     and ["--decode", t / "d.zarr", "--overwrite"], "not a Zarr store"),
     ("plot-inside-store", lambda f, t: ["--plot", f["store"] / "plots"], "inside the input"),
     ("wrong-store", lambda f, t: ["--store", f["other"], "--plot", t / "plots", "--decode", t / "x.png"],
      "does not match"),
@@ -247,9 +250,18 @@ DECODES = [
 
 @pytest.mark.parametrize("make,name", [d[1:] for d in DECODES], ids=[d[0] for d in DECODES])
 def test_decode_refused_up_front(make, name, fitted, tmp_path):
+    args = make(fitted, tmp_path)  # (may make what the decode must not replace)
     before, before_store = listing(tmp_path), listing(fitted["root"])
-    assert_refused(run("eval", fitted["run"], "--metrics", "none", *make(fitted, tmp_path)), name, before, tmp_path)
+    assert_refused(run("eval", fitted["run"], "--metrics", "none", *args), name, before, tmp_path)
     assert listing(fitted["root"]) == before_store
+
+
+@pytest.mark.parametrize("suffix", [".png", ".zarr"])
+def test_decode_overwrite_replaces_a_decode(suffix, fitted, tmp_path):
+    out = tmp_path / f"d{suffix}"
+    for extra in ([], ["--overwrite"]):
+        r = run("eval", fitted["run"], "--metrics", "none", "--decode", out, *extra)
+        assert r.exit_code == 0, r.output
 
 
 def test_mesh_decode_too_big_for_memory_is_refused(tmp_path):

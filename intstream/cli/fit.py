@@ -7,6 +7,7 @@ import sys
 import click
 
 from intstream.teach.config import STRATEGIES
+from intstream.models.sizing import MODEL_CHOICES
 
 from . import Command, options
 from .common import emit, stage, upstream
@@ -63,8 +64,22 @@ def _check_interval(ctx, param, value):
 @click.option("--random-share", type=options.FiniteFloat(0, 1), help="Share of each selection drawn at random.")
 @click.option("--score-dtype", type=click.Choice(["float32", "bfloat16"]), help="Precision of the scoring forward.")
 @click.option("--arch", type=click.Choice(["siren", "fourier"]), default="siren", show_default=True)
-@click.option("--width", type=click.IntRange(1, 1 << 16), default=256, show_default=True, help="Hidden units per layer.")
-@click.option("--depth", type=click.IntRange(2, 1024), default=6, show_default=True, help="Linear layers (5 sine + 1 linear).")
+@click.option("--model", type=click.Choice(MODEL_CHOICES), default="auto", show_default=True,
+              help="single: one SIREN (the paper's); tiled: a bank of small SIRENs, one per tile, blended "
+                   "without seams; auto: tiled when one 6x256 SIREN has < 1 parameter per value (and no --width).")
+@click.option("--capacity", type=options.FiniteFloat(0, options.MAX_CAPACITY, min_open=True),
+              help="Parameters per signal value (sample x channel); sizes the width of either model "
+                   "(tiled default per kind: image 0.2, audio 0.5, sdf 0.1).")
+@click.option("--bpp", type=options.FiniteFloat(0, options.MAX_BITS, min_open=True),
+              help="Rate control (images): size the model so its int8 weights file is this many bits per pixel.")
+@click.option("--kbps", type=options.FiniteFloat(0, options.MAX_KBPS, min_open=True), help="Rate control (audio): kbit/s of weights file.")
+@click.option("--bits-per-sample", type=options.FiniteFloat(0, options.MAX_BITS, min_open=True),
+              help="Rate control (any kind): bits of weights file per grid sample (sets --capacity; "
+                   "export-weights then picks the bit width).")
+@click.option("--tile", help="Tiled model: samples per tile per axis, e.g. 64x64 or 64 (default: image 64, audio 2048, sdf 16).")
+@click.option("--overlap", type=options.FiniteFloat(0), help="Tiled model: blending margin in samples each side of a tile border.")
+@click.option("--width", type=click.IntRange(1, 1 << 16), help="Hidden units per layer (default: 256 single; tiled: from --capacity).")
+@click.option("--depth", type=click.IntRange(2, 1024), help="Linear layers, the last one linear (default: 6 single, 4 tiled).")
 @click.option("--omega", "omega0", type=options.FiniteFloat(0, min_open=True), default=30.0, show_default=True, help="SIREN omega_0.")
 @click.option("--first-omega", "first_omega0", type=options.FiniteFloat(0, min_open=True), help="First layer's omega_0 if different (e.g. 3000 for audio).")
 @click.option("--lr", type=options.FiniteFloat(0, min_open=True), help=f"Adam learning rate, cosine-decayed over T (default: {_by_kind('lr')}).")
@@ -75,6 +90,10 @@ def _check_interval(ctx, param, value):
 @click.option("--scheduler", help="dask.distributed scheduler address for out-of-core rounds (default: local threads).")
 @click.option("--memory-budget", type=options.Size(), default="2G", show_default=True,
               help="Peak memory (RSS) of the whole fit; the plan (in core or rounds, batches) fits it, or fit refuses.")
+@click.option("--out-of-core", is_flag=True, help="Train in rounds over the store's chunks even if it fits the budget.")
+@click.option("--measure-psnr", is_flag=True,
+              help="Out of core: measure each logged PSNR over every sample (a pass over the store) "
+                   "instead of estimating it from per-chunk statistics.")
 @click.option("--log-every", type=click.IntRange(1, options.MAX_COUNT), default=100, show_default=True, help="Steps between log lines.")
 @click.option("--checkpoint-every", type=options.FiniteFloat(0), default=300.0, show_default=True,
               help="Seconds between checkpoints.")
@@ -97,8 +116,22 @@ def fit(store, output, resume, overwrite, **opts):
     # What the user set (command line, environment, --config), so --resume can refuse changes to it.
     ctx = click.get_current_context()
     explicit = {k for k in opts if ctx.get_parameter_source(k) not in (None, click.core.ParameterSource.DEFAULT)}
+    rate = {k: opts.pop(k) for k in ("bpp", "kbps", "bits_per_sample")}
+    planned = None
+    if any(v is not None for v in rate.values()):
+        from intstream.rate import plan_for_fit
+
+        planned = plan_for_fit(store_path, rate, {**extra, **opts})
+        opts["capacity"] = planned["capacity"]
+        explicit = (explicit - set(rate)) | {"capacity"}
+    explicit -= set(rate)
     manifest = run(store_path, run_dir, FitConfig(**{**extra, **opts}), resume=resume, overwrite=overwrite,
                    explicit=explicit | set(extra))
+    if planned is not None:
+        from intstream.rate import write_target
+
+        write_target(manifest["run_dir"], planned["bits_per_sample"], planned=planned)
+        manifest["rate"] = planned
     if manifest["interrupted"]:
         # Before the manifest: stdout may be a pipe whose reader is gone (emit tolerates that).
         click.echo(f"intstream fit: {manifest['interrupted']}: checkpoint written at step {manifest['steps']}; "

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import click
 
+from intstream.normalize import DEFAULT_TARGETS, TARGETS
+
 from . import Command, options
 from .common import emit, stage
 
@@ -49,17 +51,20 @@ def _parse_chunks(ctx, param, value):
     "or tile, a Zarr chunk (default 2**28, a 16384² image; env INTSTREAM_MAX_PIXELS). Guards against "
     "decompression bombs.",
 )
+@click.option("--targets", type=click.Choice(TARGETS),
+              help="Training targets: signed = [-1, 1], unit = [0, 1] (the paper's). Default per kind: "
+                   + ", ".join(f"{k} {v}" for k, v in DEFAULT_TARGETS.items()) + "; SDF distances stay as they are.")
 @click.option("--level", type=click.IntRange(0, 64), default=0, show_default=True,
               help="Resolution level of a pyramidal TIFF (SVS, NDPI, OME-TIFF) or OME-Zarr image (0: full).")
 @options.overwrite
 @options.debug
 @stage("ingest")
-def ingest(source, output, kind, chunks, resolution, max_pixels, level, overwrite):
+def ingest(source, output, kind, chunks, resolution, max_pixels, targets, level, overwrite):
     """Convert SOURCE (image, audio, mesh or array) into a chunked signal store."""
     from intstream.ingest import ingest as run
     from intstream.readers.image import pixel_limit
 
     with pixel_limit(max_pixels):
-        manifest = run(source, output, kind=kind, chunks=chunks, resolution=resolution, level=level,
-                       overwrite=overwrite)
+        manifest = run(source, output, kind=kind, chunks=chunks, resolution=resolution, targets=targets,
+                       level=level, overwrite=overwrite)
     emit(manifest)

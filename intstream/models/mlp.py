@@ -25,6 +25,7 @@ from ..config import check_keys
 
 __all__ = [
     "ARCHS",
+    "MODELS",
     "ModelConfig",
     "Siren",
     "FourierMLP",
@@ -34,6 +35,7 @@ __all__ = [
 ]
 
 ARCHS = ("siren", "fourier")
+MODELS = ("single", "tiled")  # what a ModelConfig holds; `--model auto` resolves to one of them
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,12 @@ class ModelConfig:
         setting uses 3000 on the first layer only); None = ``omega0``.
     fourier_features, fourier_scale
         Number of random frequencies and their standard deviation (``"fourier"`` only).
+    model
+        ``"single"`` (one network over the whole signal, the paper's) or ``"tiled"`` (a
+        `TiledSiren` bank: one small SIREN of ``width`` x ``depth`` per tile, DESIGN §9).
+    grid, extent, tile, overlap
+        ``"tiled"`` only: the signal's grid shape and coordinate extents, the maximum
+        samples per tile per axis and the blending margin in samples.
     """
 
     in_dim: int
@@ -69,8 +77,27 @@ class ModelConfig:
     first_omega0: float | None = None
     fourier_features: int = 256
     fourier_scale: float = 10.0
+    model: str = "single"
+    grid: tuple[int, ...] | None = None
+    extent: tuple[float, ...] | None = None
+    tile: tuple[int, ...] | None = None
+    overlap: float = 2.0
 
     def __post_init__(self):
+        for name, typ in (("grid", int), ("extent", float), ("tile", int)):
+            v = getattr(self, name)
+            if v is not None:  # JSON brings lists back; keep the frozen config hashable
+                object.__setattr__(self, name, tuple(typ(e) for e in v))
+        if self.model not in MODELS:
+            raise ValueError(f"unknown model {self.model!r} (expected one of {', '.join(MODELS)})")
+        if self.model == "tiled":
+            if self.arch != "siren":
+                raise ValueError(f"the tiled model is a bank of SIRENs (arch {self.arch!r} is not supported)")
+            if any(getattr(self, k) is None or len(getattr(self, k)) != self.in_dim for k in ("grid", "extent", "tile")):
+                raise ValueError(f"a tiled model needs grid, extent and tile with {self.in_dim} axes each")
+            if min(self.grid) < 1 or min(self.tile) < 1 or self.overlap < 0:
+                raise ValueError(f"tiled model: grid and tile must be >= 1 and overlap >= 0 "
+                                 f"(got {self.grid}, {self.tile}, {self.overlap})")
         if self.arch not in ARCHS:
             raise ValueError(f"unknown model arch {self.arch!r} (expected one of {', '.join(ARCHS)})")
         if self.in_dim < 1 or self.out_dim < 1 or self.width < 1:
@@ -202,6 +229,12 @@ class FourierMLP(nn.Module):
 
 def build_model(cfg: ModelConfig) -> nn.Module:
     """A freshly initialised network for ``cfg`` (on CPU, float32; seed with `torch.manual_seed`)."""
+    if cfg.model == "tiled":
+        from .tiled import TiledSiren
+
+        return TiledSiren(cfg.in_dim, cfg.out_dim, grid=cfg.grid, extent=cfg.extent, tile=cfg.tile,
+                          overlap=cfg.overlap, width=cfg.width, depth=cfg.depth, omega0=cfg.omega0,
+                          first_omega0=cfg.first_omega0)
     if cfg.arch == "siren":
         return Siren(cfg.in_dim, cfg.out_dim, width=cfg.width, depth=cfg.depth, omega0=cfg.omega0,
                      first_omega0=cfg.first_omega0)
