@@ -64,9 +64,10 @@ def test_full_scale_is_the_papers():
 def test_speech_scores_skip_cleanly(speech):
     x, rate = speech
     scores, skipped = speech_scores(x[:16000], x[:16000], 44100)
-    assert "pesq" in skipped and "44100" in skipped["pesq"]
+    assert "pesq" in skipped  # never an exception: skipped, with the reason
     pytest.importorskip("pesq")
     pytest.importorskip("pystoi")
+    assert "44100" in skipped["pesq"]  # installed: skipped for the rate alone
     scores, skipped = speech_scores(x[16000:48000] * 0.999, x[16000:48000], rate)
     assert not skipped and scores["pesq"] > 4.0 and scores["stoi"] > 0.99
 
