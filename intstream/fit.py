@@ -30,12 +30,14 @@ from .store import SignalStore, open_store
 
 __all__ = ["FitConfig", "fit", "resolve_config", "KIND_DEFAULTS"]
 
-# The paper's per-modality defaults (DESIGN §4), except audio's first-layer frequency:
-# with the paper's omega0 30 a SIREN predicts the mean of speech (SNR ~0 dB); 3000 (the
-# SIREN paper's audio setting) fits it (benchmarks/bench_targets.py: 35 dB SNR on 0.5 s).
+# The paper's per-modality defaults (DESIGN §4), except audio: with the paper's omega0 30 a
+# SIREN predicts the mean of speech (SNR ~0 dB). Measured on LibriSpeech 00 (8.5 s) by eval:
+# 1-D tiles with a first-layer omega0 of 300 over their local coordinates reach 20.9 dB SNR
+# in 240 s on 2 cores, where one 6x256 SIREN (omega0 3000 over the global ones) has 0.8 dB
+# after 60 s; 3000 stays the single model's first omega0 (35 dB on 0.5 s, bench_targets).
 KIND_DEFAULTS = {
     "image": {"lr": 1e-3, "steps": 5000},
-    "audio": {"lr": 1e-4, "steps": 5000, "first_omega0": 3000.0},
+    "audio": {"lr": 1e-4, "steps": 5000, "first_omega0": 3000.0, "model": "tiled", "tiled_first_omega0": 300.0},
     "sdf": {"lr": 1e-4, "steps": 10000},
     "array": {"lr": 1e-3, "steps": 5000},
 }
@@ -175,8 +177,11 @@ def resolve_config(cfg: FitConfig, kind: str) -> FitConfig:
 
     d = KIND_DEFAULTS[kind]
     steps = cfg.steps or round(d["steps"] * STEPS_FACTOR.get(cfg.strategy, 1.0))
-    first = cfg.first_omega0 if cfg.first_omega0 is not None else d.get("first_omega0")
-    return replace(cfg, steps=steps, lr=cfg.lr or d["lr"], first_omega0=first)
+    model = d.get("model", cfg.model) if cfg.model == "auto" else cfg.model
+    first = cfg.first_omega0
+    if first is None:
+        first = d.get("tiled_first_omega0") if model == "tiled" else d.get("first_omega0")
+    return replace(cfg, steps=steps, lr=cfg.lr or d["lr"], first_omega0=first, model=model)
 
 
 def _setup_torch(device) -> None:
