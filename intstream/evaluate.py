@@ -465,8 +465,9 @@ def _plots(out_dir: Path, weights, model, store: SignalStore | None, *, batch: i
     if kind in ("image", "array") and len(shape) == 2:
         step = max(1, math.ceil(max(shape) / PLOT_MAX_SIDE))
         idx = [np.arange(0, n, step) for n in shape]
-        pred = _predict_at(model, shape, extent, idx, batch)
-        target = None if store is None else norm.targets(store.array[::step, ::step, :])
+        # Shown on the [0, 1] scale whatever the target mapping (signed targets would clip).
+        pred = norm.to_unit(_predict_at(model, shape, extent, idx, batch))
+        target = None if store is None else norm.to_unit(norm.targets(store.array[::step, ::step, :]))
         made.append(plots.image_error(pred, target, out_dir / "error.png", step=step))
     elif kind == "audio":
         # On the [-1, 1] scale; the waveform strided over the whole signal, the
