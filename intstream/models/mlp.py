@@ -129,6 +129,17 @@ def _siren_bound(fan_in: int, omega0: float, first: bool) -> float:
     return 1.0 / fan_in if first else math.sqrt(6.0 / fan_in) / omega0
 
 
+@torch.no_grad()
+def siren_init_(layers, omega0: float) -> None:
+    """SIREN's initialisation in place on every layer (anything with ``in_features``,
+    ``weight`` and ``bias``): weights and biases alike, first layer U(±1/d), the others
+    U(±sqrt(6/d)/omega0). Shared by `Siren` and the tiled bank."""
+    for i, layer in enumerate(layers):
+        bound = _siren_bound(layer.in_features, omega0, first=(i == 0))
+        layer.weight.uniform_(-bound, bound)
+        layer.bias.uniform_(-bound, bound)
+
+
 class Siren(nn.Module):
     """SIREN: ``depth - 1`` sine layers and a linear output, paper initialisation throughout.
 
@@ -150,13 +161,9 @@ class Siren(nn.Module):
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
         self.reset_parameters()
 
-    @torch.no_grad()
     def reset_parameters(self) -> None:
         """The paper's initialisation, biases with the same bound as their layer's weights."""
-        for i, layer in enumerate(self.layers):
-            bound = _siren_bound(layer.in_features, self.omega0, first=(i == 0))
-            layer.weight.uniform_(-bound, bound)
-            layer.bias.uniform_(-bound, bound)
+        siren_init_(self.layers, self.omega0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(n, in_dim)`` coordinates -> ``(n, out_dim)`` outputs."""

@@ -35,7 +35,7 @@ import math
 import torch
 from torch import nn
 
-from .mlp import _autocast_on, _siren_bound
+from .mlp import _autocast_on, siren_init_
 
 __all__ = ["TiledSiren", "tile_counts"]
 
@@ -114,13 +114,9 @@ class TiledSiren(nn.Module):
         self.strides = tuple(strides)
         self.reset_parameters()
 
-    @torch.no_grad()
     def reset_parameters(self) -> None:
         """SIREN initialisation in every tile (weights and biases, as `Siren`)."""
-        for i, layer in enumerate(self.layers):
-            bound = _siren_bound(layer.in_features, self.omega0, first=(i == 0))
-            layer.weight.uniform_(-bound, bound)
-            layer.bias.uniform_(-bound, bound)
+        siren_init_(self.layers, self.omega0)
 
     # -- routing ---------------------------------------------------------------------
     def _axis_constants(self, x: torch.Tensor):
