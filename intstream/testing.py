@@ -8,6 +8,10 @@ That is what lets the big ones stream: `write_tiled_tiff`, `write_audio` and
 Content is "smooth plus detail": a few low-frequency separable waves, a ring
 (zone-plate-like) pattern, higher-frequency texture and hashed per-sample noise, so
 that INR fitting has something to learn at every scale and compression is not trivial.
+
+Also the few helpers several test modules share: `train_full_batch` (a small SIREN fitted
+full-batch, for fit-style checkpoints) and `cli_manifest`/`cli_refused` (what a CLI run
+printed, checked).
 """
 
 from __future__ import annotations
@@ -28,7 +32,58 @@ __all__ = [
     "write_audio",
     "make_image_store",
     "make_sphere_mesh",
+    "train_full_batch",
+    "cli_manifest",
+    "cli_refused",
 ]
+
+
+def train_full_batch(store, *, width: int, depth: int, steps: int, lr: float = 1e-3, seed: int = 0,
+                     omega0: float = 30.0, cosine: bool = True):
+    """A small SIREN for ``store``, trained ``steps`` full-batch Adam steps on one thread
+    (cosine decay to 1e-6 when ``cosine``, the paper's optimiser). Returns ``(ModelConfig, model)``."""
+    import torch
+
+    from .models import ModelConfig, build_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a tiny model: threads only add synchronisation (and CI shares cores)
+    try:
+        torch.manual_seed(seed)
+        cfg = ModelConfig(in_dim=store.ndim, out_dim=store.channels, width=width, depth=depth, omega0=omega0)
+        model = build_model(cfg)
+        if steps:
+            x, y = (torch.from_numpy(a) for a in store.load_all())
+            opt = torch.optim.Adam(model.parameters(), lr=lr)
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-6) if cosine else None
+            for _ in range(steps):
+                opt.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                opt.step()
+                if sched is not None:
+                    sched.step()
+    finally:
+        torch.set_num_threads(threads)
+    return cfg, model
+
+
+def cli_manifest(result) -> dict:
+    """The JSON manifest of a successful CLI run (a click ``Result``)."""
+    import json
+
+    assert result.exit_code == 0, (result.exit_code, result.output)
+    return json.loads(result.stdout.splitlines()[-1])
+
+
+def cli_refused(result, *words) -> str:
+    """Check a CLI run was refused as bad input: exit 2, nothing on stdout, no traceback, its
+    last stderr line naming each of ``words``; returns that line."""
+    assert result.exit_code == 2, (result.exit_code, result.output)
+    assert result.stdout == "" and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    for w in words:
+        assert w in line, (w, line)
+    return line
 
 _INT_MAX = {"uint8": 255.0, "uint16": 65535.0, "int16": 32767.0}
 

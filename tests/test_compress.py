@@ -24,6 +24,7 @@ from intstream.export import (
 )
 from intstream.ingest import ingest
 from intstream.models import ModelConfig, build_model, predict
+from intstream.testing import train_full_batch
 from intstream.store import open_store
 
 STEPS = 250
@@ -31,22 +32,7 @@ STEPS = 250
 
 def _fit(store, run_dir, *, width=32, depth=4, steps=STEPS, lr=1e-3):
     """Full-batch Adam (the paper's settings) on a tiny crop, written as a fit-style checkpoint."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(0)
-        x, y = (torch.from_numpy(a) for a in store.load_all())
-        cfg = ModelConfig(in_dim=store.ndim, out_dim=store.channels, width=width, depth=depth)
-        model = build_model(cfg)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-6)
-        for _ in range(steps):
-            opt.zero_grad()
-            torch.nn.functional.mse_loss(model(x), y).backward()
-            opt.step()
-            sched.step()
-    finally:
-        torch.set_num_threads(threads)
+    cfg, model = train_full_batch(store, width=width, depth=depth, steps=steps, lr=lr)
     run_dir.mkdir()
     save_checkpoint(run_dir / "checkpoint.pt", {
         "model_config": cfg.to_dict(), "model": model.state_dict(), "step": steps,

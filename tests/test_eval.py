@@ -19,29 +19,16 @@ from intstream.cli import main
 from intstream.evaluate import evaluate
 from intstream.export import export_weights, load_weights
 from intstream.ingest import ingest
-from intstream.models import ModelConfig, build_model, predict
+from intstream.models import predict
 from intstream.normalize import Normalisation
 from intstream.store import create_store, open_store
-from intstream.testing import make_image_store, write_png
+from intstream.testing import make_image_store, train_full_batch, write_png
 
 
 def make_run(store, run_dir, *, width=32, depth=3, steps=0, lr=1e-3, seed=0, omega0=30.0):
     """A fit-style checkpoint for ``store``: a small SIREN, optionally trained full-batch."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        torch.manual_seed(seed)
-        cfg = ModelConfig(in_dim=store.ndim, out_dim=store.channels, width=width, depth=depth, omega0=omega0)
-        model = build_model(cfg)
-        if steps:
-            x, y = (torch.from_numpy(a) for a in store.load_all())
-            opt = torch.optim.Adam(model.parameters(), lr=lr)
-            for _ in range(steps):
-                opt.zero_grad()
-                torch.nn.functional.mse_loss(model(x), y).backward()
-                opt.step()
-    finally:
-        torch.set_num_threads(threads)
+    cfg, model = train_full_batch(store, width=width, depth=depth, steps=steps, lr=lr, seed=seed, omega0=omega0,
+                                  cosine=False)
     run_dir.mkdir(parents=True)
     (run_dir / "log.jsonl").write_text(
         "".join(json.dumps({"step": s, "wall": s / 10, "train_seconds": s / 12, "psnr": 20 + s / 50}) + "\n"

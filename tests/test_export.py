@@ -15,7 +15,8 @@ from intstream.errors import InputError
 from intstream.evaluate import evaluate
 from intstream.export import export_weights, load_source, load_weights
 from intstream.ingest import ingest
-from intstream.models import ModelConfig, build_model, predict
+from intstream.models import predict
+from intstream.testing import train_full_batch
 from intstream.store import open_store
 
 STEPS = 300
@@ -23,24 +24,9 @@ STEPS = 300
 
 def fit_tiny(store, run_dir, *, width=64, depth=4, steps=STEPS, lr=1e-3, seed=0):
     """A full-batch Adam loop (the paper's optimiser settings) writing a fit-style checkpoint."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a tiny model: threads only add synchronisation (and CI shares cores)
-    try:
-        torch.manual_seed(seed)
-        x, y = (torch.from_numpy(a) for a in store.load_all())
-        cfg = ModelConfig(in_dim=store.ndim, out_dim=store.channels, width=width, depth=depth)
-        model = build_model(cfg)
-        opt = torch.optim.Adam(model.parameters(), lr=lr)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps, eta_min=1e-6)
-        for _ in range(steps):
-            opt.zero_grad()
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            loss.backward()
-            opt.step()
-            sched.step()
-        mse = float(torch.mean((predict(model, x) - y) ** 2))
-    finally:
-        torch.set_num_threads(threads)
+    cfg, model = train_full_batch(store, width=width, depth=depth, steps=steps, lr=lr, seed=seed)
+    x, y = (torch.from_numpy(a) for a in store.load_all())
+    mse = float(torch.mean((predict(model, x) - y) ** 2))
     run_dir.mkdir()
     span = float(store.meta["normalisation"].get("span", 1.0))  # targets span [-1, 1] now: eval's data range
     psnr = 10 * math.log10(span**2 / mse)

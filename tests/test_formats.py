@@ -10,7 +10,6 @@ levels and axes a viewer (napari, QuPath) relies on.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ from click.testing import CliRunner
 
 from intstream import open_store
 from intstream.cli import main
-from intstream.testing import make_image, write_png
+from intstream.testing import cli_manifest, cli_refused, make_image, write_png
 
 # ome-zarr's writer module declares a deprecated default argument at import time.
 pytestmark = pytest.mark.filterwarnings("ignore:Call to deprecated class Scaler:DeprecationWarning")
@@ -29,18 +28,7 @@ def run(*args):
     return CliRunner().invoke(main, [str(a) for a in args])
 
 
-def ok(r) -> dict:
-    assert r.exit_code == 0, (r.exit_code, r.output)
-    return json.loads(r.stdout.splitlines()[-1])
-
-
-def refused(r, *words) -> str:
-    assert r.exit_code == 2, (r.exit_code, r.output)
-    assert r.stdout == "" and "Traceback" not in r.stderr
-    line = r.stderr.strip().splitlines()[-1]
-    for w in words:
-        assert w in line, (w, line)
-    return line
+ok, refused = cli_manifest, cli_refused
 
 
 def stored(path) -> np.ndarray:

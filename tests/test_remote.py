@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from intstream import open_store
 from intstream.cli import main
-from intstream.testing import make_image, make_image_store, write_png
+from intstream.testing import cli_manifest, cli_refused, make_image, make_image_store, write_png
 
 FAST = ["--steps", "3", "--width", "16", "--depth", "2"]
 # ome-zarr's writer module declares a deprecated default argument at import time.
@@ -34,18 +34,7 @@ def run(*args, input=None):
     return CliRunner().invoke(main, [str(a) for a in args], input=input)
 
 
-def ok(r) -> dict:
-    assert r.exit_code == 0, (r.exit_code, r.output)
-    return json.loads(r.stdout.splitlines()[-1])
-
-
-def refused(r, *words) -> str:
-    assert r.exit_code == 2, (r.exit_code, r.output)
-    assert r.stdout == "" and "Traceback" not in r.stderr
-    line = r.stderr.strip().splitlines()[-1]
-    for w in words:
-        assert w in line, (w, line)
-    return line
+ok, refused = cli_manifest, cli_refused
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
