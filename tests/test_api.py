@@ -114,3 +114,22 @@ def test_decode_to_xarray_with_coordinates(pipeline):
     # coordinates in source pixels: index 10 of a 95-row grid over 48 source rows
     assert da.y.values[0] == pytest.approx(10 * 47 / 94)
     assert da.x.values[-1] == pytest.approx(4 * 63 / 126)
+
+
+def test_readme_notebook_example_runs(tmp_path, data_dir, monkeypatch):
+    """The README's Python example as written (fewer steps and a crop, for CI time)."""
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    code = readme.split("```python\n", 1)[1].split("```", 1)[0]
+    assert "intstream.fit(" in code and "intstream.decode(" in code
+    src = tmp_path / "kodim05.png"
+    Image.open(data_dir / "kodak" / "kodim05.png").crop((256, 128, 384, 256)).save(src)
+    code = code.replace('"../shared/data/kodak/kodim05.png"', repr(str(src))).replace("steps=700", "steps=20")
+    code = code.replace("shape=(1024, 1536)", "shape=(256, 256)")
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(compile(code, "README.md", "exec"), scope)
+    crop = np.asarray(scope["crop"])
+    assert crop.shape == (256, 256, 3) and crop.dtype == np.uint8
+    assert (tmp_path / "kodim05.safetensors").is_file()
