@@ -517,6 +517,26 @@ def encode_weights(state: dict, header: dict, *, dtype: str = "float16", keep_fp
     return save(tensors, metadata={META_KEY: meta, "format": "pt"})
 
 
+def _open_checkpoint(ck_path: Path, *, need: tuple[str, ...]) -> tuple[dict, dict, Path | None]:
+    """Load ``ck_path`` and check what a weights file is made from.
+
+    Returns the checkpoint, its signal's store metadata (which must hold the keys
+    ``need``) and the run directory (``None`` for a checkpoint file not named
+    `CHECKPOINT_NAME`, i.e. not a run's own).
+    """
+    from .checkpoint import CHECKPOINT_NAME, load_checkpoint
+
+    ck = load_checkpoint(ck_path)
+    for key in ("model_config", "model", "store"):
+        if key not in ck:
+            raise InputError(ck_path, f"checkpoint has no {key!r} entry")
+    signal = dict(ck["store"].get("meta") or {})
+    if any(key not in signal for key in need):
+        raise InputError(ck_path, f"checkpoint's store metadata lacks the {' or '.join(need)}")
+    run_dir = ck_path.parent if ck_path.name == CHECKPOINT_NAME else None
+    return ck, signal, run_dir
+
+
 def export_weights(
     source: str | os.PathLike,
     output: str | os.PathLike,
@@ -565,7 +585,7 @@ def export_weights(
         and whether it was met, the fine-tuning figures, kind, shape, store, run dir,
         training summary, seconds.
     """
-    from .checkpoint import find_checkpoint, load_checkpoint
+    from .checkpoint import find_checkpoint
     from .models import ModelConfig, build_model, count_params
 
     t0 = time.perf_counter()
@@ -577,20 +597,13 @@ def export_weights(
         raise InputError(None, f"rate target must be a positive number of bits per sample (got {bits_per_sample})")
     ck_path = find_checkpoint(source).absolute()
     out = check_output_path(output, overwrite=overwrite, inputs=(ck_path,))
-    ck = load_checkpoint(ck_path)
-    for key in ("model_config", "model", "store"):
-        if key not in ck:
-            raise InputError(ck_path, f"checkpoint has no {key!r} entry")
+    ck, signal, run_dir = _open_checkpoint(ck_path, need=("kind", "normalisation"))
     try:
         cfg = ModelConfig.from_dict(dict(ck["model_config"]))
         model = build_model(cfg)
         model.load_state_dict(ck["model"], strict=True)
     except (ValueError, RuntimeError, TypeError) as exc:
         raise InputError(ck_path, f"model weights do not match the recorded architecture ({str(exc).splitlines()[0]})") from None
-    signal = dict(ck["store"].get("meta") or {})
-    if "normalisation" not in signal or "kind" not in signal:
-        raise InputError(ck_path, "checkpoint's store metadata lacks the kind or normalisation")
-    run_dir = ck_path.parent if ck_path.name == "checkpoint.pt" else None
     shape = [int(n) for n in signal["shape"]]
     n_samples = math.prod(shape)
     target = bits_per_sample
@@ -986,25 +999,19 @@ def _check_state(p: Path, model_config: dict, state: dict) -> None:
 
 def load_source(path: str | os.PathLike) -> Weights:
     """`Weights` from a weights file, a run directory or a checkpoint file."""
-    from .checkpoint import find_checkpoint, load_checkpoint
+    from .checkpoint import find_checkpoint
 
     p = Path(path)
     if p.is_dir() or p.suffix == ".pt":
         ck_path = find_checkpoint(p).absolute()
-        ck = load_checkpoint(ck_path)
-        for key in ("model_config", "model", "store"):
-            if key not in ck:
-                raise InputError(ck_path, f"checkpoint has no {key!r} entry")
-        signal = dict(ck["store"].get("meta") or {})
-        if "normalisation" not in signal:
-            raise InputError(ck_path, "checkpoint's store metadata lacks the normalisation")
+        ck, signal, run_dir = _open_checkpoint(ck_path, need=("normalisation",))
         return Weights(
             path=ck_path,
             model_config=dict(ck["model_config"]),
             state={k: v.float() for k, v in ck["model"].items()},
             signal=signal,
             store_path=ck["store"].get("path"),
-            run_dir=str(ck_path.parent) if ck_path.name == "checkpoint.pt" else None,
+            run_dir=None if run_dir is None else str(run_dir),
             summary=dict(ck.get("summary") or {}),
             dtype="float32",
         )
