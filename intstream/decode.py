@@ -29,6 +29,7 @@ from .atomic import atomic_output, check_output_path
 from .device import resolve_device
 from .errors import InputError
 from .plan import predict_batch
+from .metrics import SlabMesher, sdf_geometry
 from .normalize import Normalisation, block_coords
 from .store import block_slices
 
@@ -127,28 +128,6 @@ def sdf_slab(shape: tuple[int, ...]) -> tuple[int, ...]:
     """Slabs of whole planes along axis 0 (meshing carries one plane between slabs)."""
     plane = math.prod(shape[1:])
     return (max(1, min(shape[0], SDF_SLAB_SAMPLES // max(plane, 1))),) + tuple(shape[1:])
-
-
-def sdf_geometry(signal: dict, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-    """Per grid axis ``(origin, spacing)`` of the samples, in normalised-box units.
-
-    Mesh vertices from marching cubes (in index units) map to ``origin + spacing * i``.
-    The box is ``signal["sdf"]["bounds"]`` (``[lo, hi]`` for every axis, or per-axis
-    lists), the units the distances are stored in, so Chamfer distances and the mesh
-    agree with the SDF values. Without recorded bounds, the network's own coordinates
-    (``linspace(-extent, extent, n)``) are used.
-    """
-    bounds = (signal.get("sdf") or {}).get("bounds")
-    ndim = len(shape)
-    if bounds is not None:
-        lo = np.broadcast_to(np.asarray(bounds[0], dtype=np.float64), (ndim,))
-        hi = np.broadcast_to(np.asarray(bounds[1], dtype=np.float64), (ndim,))
-    else:
-        extent = np.asarray(Normalisation.from_dict(signal["normalisation"]).extent, dtype=np.float64)
-        lo, hi = -extent, extent
-    n = np.asarray(shape, dtype=np.float64)
-    spacing = np.where(n > 1, (hi - lo) / np.maximum(n - 1, 1), 1.0)
-    return lo.copy(), spacing
 
 
 def world_transform(signal: dict):
@@ -434,45 +413,6 @@ class _Mesh:
         # Vertices on slab boundaries are meshed twice; weld them for a clean surface.
         mesh.merge_vertices(digits_vertex=6)
         mesh.export(self.tmp, file_type=self.fmt)
-
-
-class SlabMesher:
-    """Accumulates a marching-cubes mesh from consecutive slabs along axis 0.
-
-    Each slab is meshed together with the last plane of the previous one, so every cube
-    of the grid is meshed exactly once and memory is one slab plus the mesh.
-    """
-
-    def __init__(self, origin: np.ndarray, spacing: np.ndarray, *, level: float = 0.0):
-        self.origin, self.spacing, self.level = np.asarray(origin), np.asarray(spacing), level
-        self._carry = None
-        self._carry_start = 0
-        self._verts, self._faces, self._n = [], [], 0
-
-    def add(self, start: int, slab: np.ndarray) -> None:
-        from .metrics import marching_cubes_block
-
-        slab = np.asarray(slab, dtype=np.float32)
-        if self._carry is not None:
-            if self._carry_start + 1 != start:
-                raise ValueError("slabs must arrive in order along axis 0")
-            block, first = np.concatenate([self._carry[None], slab]), start - 1
-        else:
-            block, first = slab, start
-        origin = self.origin.copy()
-        origin[0] += first * self.spacing[0]
-        v, f = marching_cubes_block(block, origin, self.spacing, level=self.level)
-        if len(f):
-            self._verts.append(v)
-            self._faces.append(f + self._n)
-            self._n += len(v)
-        self._carry, self._carry_start = slab[-1].copy(), start + slab.shape[0] - 1
-
-    def mesh(self) -> tuple[np.ndarray, np.ndarray]:
-        """``(vertices (n, 3) float64, faces (m, 3) int64)``; empty arrays when no surface."""
-        if not self._faces:
-            return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
-        return np.concatenate(self._verts), np.concatenate(self._faces)
 
 
 class _Zarr:

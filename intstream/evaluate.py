@@ -128,7 +128,7 @@ class _Scorer:
                 why = f"longer than {SPEECH_MAX_SECONDS:.0f} s (needs the whole signal in memory)"
                 self.speech_skipped = {m: why for m in ("pesq", "stoi") if m in metrics}
         if "chamfer" in metrics:
-            from .decode import SlabMesher, sdf_geometry
+            from .metrics import SlabMesher, sdf_geometry
 
             origin, spacing = sdf_geometry(store.meta, store.shape)
             self.meshers = (SlabMesher(origin, spacing), SlabMesher(origin, spacing))

@@ -14,7 +14,8 @@ that does not fit in memory, and the accumulated value equals the whole-signal v
   where the optional packages are installed (they need the whole signal).
 - `occupancy_counts` -> IoU of the ``sdf <= 0`` occupancy.
 - `marching_cubes_blocks` meshes a grid block by block (cells overlap by one sample, so
-  every cube of the grid is meshed exactly once) and `chamfer_distance` compares two
+  every cube of the grid is meshed exactly once), `SlabMesher` accumulates one mesh from
+  consecutive slabs placed by `sdf_geometry`, and `chamfer_distance` compares two
   surfaces by sampled points.
 
 No torch here: these take and return NumPy arrays.
@@ -27,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .normalize import Normalisation
 from .store import block_slices
 
 __all__ = [
@@ -39,6 +41,8 @@ __all__ = [
     "occupancy_counts",
     "iou_from_counts",
     "marching_cubes_block",
+    "sdf_geometry",
+    "SlabMesher",
     "chamfer_distance",
     "audio_full_scale",
     "LSD_N_FFT",
@@ -270,6 +274,65 @@ def marching_cubes_block(
         return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
     verts, faces, _, _ = marching_cubes(sdf, level=level, spacing=tuple(float(s) for s in spacing))
     return verts.astype(np.float64) + np.asarray(origin, dtype=np.float64), faces.astype(np.int64)
+
+
+def sdf_geometry(signal: dict, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Per grid axis ``(origin, spacing)`` of the samples, in normalised-box units.
+
+    Mesh vertices from marching cubes (in index units) map to ``origin + spacing * i``.
+    The box is ``signal["sdf"]["bounds"]`` (``[lo, hi]`` for every axis, or per-axis
+    lists), the units the distances are stored in, so Chamfer distances and the mesh
+    agree with the SDF values. Without recorded bounds, the network's own coordinates
+    (``linspace(-extent, extent, n)``) are used.
+    """
+    bounds = (signal.get("sdf") or {}).get("bounds")
+    ndim = len(shape)
+    if bounds is not None:
+        lo = np.broadcast_to(np.asarray(bounds[0], dtype=np.float64), (ndim,))
+        hi = np.broadcast_to(np.asarray(bounds[1], dtype=np.float64), (ndim,))
+    else:
+        extent = np.asarray(Normalisation.from_dict(signal["normalisation"]).extent, dtype=np.float64)
+        lo, hi = -extent, extent
+    n = np.asarray(shape, dtype=np.float64)
+    spacing = np.where(n > 1, (hi - lo) / np.maximum(n - 1, 1), 1.0)
+    return lo.copy(), spacing
+
+
+class SlabMesher:
+    """Accumulates a marching-cubes mesh from consecutive slabs along axis 0.
+
+    Each slab is meshed together with the last plane of the previous one, so every cube
+    of the grid is meshed exactly once and memory is one slab plus the mesh.
+    """
+
+    def __init__(self, origin: np.ndarray, spacing: np.ndarray, *, level: float = 0.0):
+        self.origin, self.spacing, self.level = np.asarray(origin), np.asarray(spacing), level
+        self._carry = None
+        self._carry_start = 0
+        self._verts, self._faces, self._n = [], [], 0
+
+    def add(self, start: int, slab: np.ndarray) -> None:
+        slab = np.asarray(slab, dtype=np.float32)
+        if self._carry is not None:
+            if self._carry_start + 1 != start:
+                raise ValueError("slabs must arrive in order along axis 0")
+            block, first = np.concatenate([self._carry[None], slab]), start - 1
+        else:
+            block, first = slab, start
+        origin = self.origin.copy()
+        origin[0] += first * self.spacing[0]
+        v, f = marching_cubes_block(block, origin, self.spacing, level=self.level)
+        if len(f):
+            self._verts.append(v)
+            self._faces.append(f + self._n)
+            self._n += len(v)
+        self._carry, self._carry_start = slab[-1].copy(), start + slab.shape[0] - 1
+
+    def mesh(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(vertices (n, 3) float64, faces (m, 3) int64)``; empty arrays when no surface."""
+        if not self._faces:
+            return np.zeros((0, 3)), np.zeros((0, 3), dtype=np.int64)
+        return np.concatenate(self._verts), np.concatenate(self._faces)
 
 
 def chamfer_distance(

@@ -8,10 +8,10 @@ from PIL import Image
 from skimage.measure import marching_cubes
 from skimage.metrics import structural_similarity
 
-from intstream.decode import SlabMesher
 from intstream.export import dequantize_rows, quantize_rows
 from intstream.metrics import (
     ErrorSums,
+    SlabMesher,
     chamfer_distance,
     chunked_ssim,
     iou_from_counts,
