@@ -327,9 +327,6 @@ class StoreWriter:
         self.array[slices + (slice(None),)] = values.astype(self.array.dtype, copy=False)
         self.samples_written += math.prod(s.stop - s.start for s in slices)
 
-    def update_meta(self, **items) -> None:
-        self.meta.update(items)
-
     def _finish(self) -> None:
         kind, shape = self.meta["kind"], self.grid_shape
         value_range = None if self._lo > self._hi else (self._lo, self._hi)
