@@ -385,8 +385,7 @@ def evaluate(
         if decode is not None and dec_shape == st.shape:
             with open_writer(decode, weights, dec_shape, overwrite=overwrite) as writer:
                 # SDF goes in slabs (meshing carries a plane); any writer takes any block.
-                plan = _store_blocks(st) if kind == "sdf" else list(block_slices(st.shape, writer.block))
-                blocks = plan
+                blocks = _store_blocks(st) if kind == "sdf" else list(block_slices(st.shape, writer.block))
                 result = score(model, st, names, blocks, batch=batch, writer=writer, progress=progress)
             decoded = output_location(decode)  # a path or a store URL
         else:
