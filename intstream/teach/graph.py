@@ -309,20 +309,21 @@ def round_topk(
     state_dict: "dict | ModelState",
     k: int | None,
     *,
-    chunk_k: int | Sequence[int] | None = None,
-    split_every: int = 8,
-    score_dtype=None,
-    batch: int = 65536,
-    device: str = "cpu",
     scheduler=None,
     num_workers: int | None = None,
+    **graph_options,
 ) -> tuple[Candidates, list[dict]]:
     """Score a round's chunks and return its global top-k and per-chunk error statistics.
 
+    Builds the round with `round_graph` and computes it.
+
     Parameters
     ----------
-    store_path, chunk_slices, model_cfg, state_dict, k, chunk_k, split_every, score_dtype, batch, device
+    store_path, chunk_slices, model_cfg, state_dict, k
         See `round_graph`.
+    **graph_options
+        `round_graph`'s keyword options: ``chunk_k``, ``split_every``, ``score_dtype``,
+        ``batch``, ``device``.
     scheduler
         ``None`` or ``"threads"`` (local threads), ``"sync"``, ``"processes"``, or a
         ``distributed.Client``.
@@ -338,18 +339,7 @@ def round_topk(
         The selection, ordered by (error desc, index asc), and one statistics dict per
         chunk, in ``chunk_slices`` order (see `score_chunk`).
     """
-    graph = round_graph(
-        store_path,
-        chunk_slices,
-        model_cfg,
-        state_dict,
-        k,
-        chunk_k=chunk_k,
-        split_every=split_every,
-        score_dtype=score_dtype,
-        batch=batch,
-        device=device,
-    )
+    graph = round_graph(store_path, chunk_slices, model_cfg, state_dict, k, **graph_options)
     cands, stats = _compute(graph, scheduler, num_workers)
     return cands, sorted(stats, key=lambda s: s["chunk"])
 
