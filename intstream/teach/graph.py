@@ -125,6 +125,21 @@ def _dtype_name(score_dtype) -> str | None:
     raise ValueError(f"score_dtype must be None, 'float32' or 'bfloat16' (got {score_dtype!r})")
 
 
+def _predict_chunk(ms: ModelState, store_path: str, slices: tuple[slice, ...], *,
+                   score_dtype: str | None, batch: int, device: str):
+    """``(store, predictions, targets)`` of one chunk under the snapshot (cached per worker)."""
+    import torch
+
+    from ..models import predict
+
+    store = _cached_store(store_path)
+    model = _cached_model(ms, device)
+    coords, targets = store.block_samples(slices)
+    dtype = torch.bfloat16 if _dtype_name(score_dtype) == "bfloat16" else None
+    pred = predict(model, torch.from_numpy(coords), batch=batch, dtype=dtype).cpu().numpy()
+    return store, pred, targets
+
+
 def score_chunk(
     ms: ModelState,
     store_path: str,
@@ -144,15 +159,7 @@ def score_chunk(
         The chunk's top-k with global flat indices, and a one-item list of its error
         statistics ``{"chunk", "start", "stop", "n", "sum", "mean", "max"}``.
     """
-    import torch
-
-    from ..models import predict
-
-    store = _cached_store(store_path)
-    model = _cached_model(ms, device)
-    coords, targets = store.block_samples(slices)
-    dtype = torch.bfloat16 if _dtype_name(score_dtype) == "bfloat16" else None
-    pred = predict(model, torch.from_numpy(coords), batch=batch, dtype=dtype).cpu().numpy()
+    store, pred, targets = _predict_chunk(ms, store_path, slices, score_dtype=score_dtype, batch=batch, device=device)
     err = chunk_error(pred, targets)
     # Squared error too: the out-of-core loop estimates the PSNR from the chunks' last scores.
     sq_sum = float(np.square(pred - targets, dtype=np.float64).sum())
@@ -410,15 +417,7 @@ def draw_chunk(
     (Draws, [stats])
         The draws (``chunk`` = ``chunk_id``) and the chunk's error statistics as in `score_chunk`.
     """
-    import torch
-
-    from ..models import predict
-
-    store = _cached_store(store_path)
-    model = _cached_model(ms, device)
-    coords, targets = store.block_samples(slices)
-    dtype = torch.bfloat16 if _dtype_name(score_dtype) == "bfloat16" else None
-    pred = predict(model, torch.from_numpy(coords), batch=batch, dtype=dtype).cpu().numpy()
+    store, pred, targets = _predict_chunk(ms, store_path, slices, score_dtype=score_dtype, batch=batch, device=device)
     err = chunk_error(pred, targets).astype(np.float64)
     n = err.shape[0]
     total = float(err.sum())
