@@ -27,6 +27,7 @@ CASES = {
     # No smoke mode: the smallest useful grid instead.
     "bench_sdf_ingest": (["--resolution", "16", "--out", "{out}/sdf_ingest.md"], ["sdf_ingest.md"]),
     "bench_modalities": (["--smoke", "--out", "{out}/modalities"], ["modalities.md", "modalities.json", "modalities.png"]),
+    "bench_audio": (["--smoke", "--out", "{out}/audio"], ["audio.md", "audio.json"]),
     "bench_scoring": (["--smoke", "--out", "{out}/scoring"], ["scoring.md", "scoring.json", "scoring.png"]),
     "bench_outofcore": (["--smoke", "--out", "{out}/outofcore", "--tmp", "{out}"],
                         ["outofcore.md", "outofcore.json", "outofcore.png"]),
