@@ -26,6 +26,8 @@ __all__ = ["CHECKPOINT_NAME", "LOG_NAME", "CONFIG_NAME", "save_checkpoint", "loa
 CHECKPOINT_NAME = "checkpoint.pt"
 LOG_NAME = "log.jsonl"
 CONFIG_NAME = "config.json"
+# Where the teacher sampled (`Teacher.sample_map`), written at the end of fit for eval --plot.
+TEACHER_MAP_NAME = "teacher_map.npz"
 FORMAT = "intstream-checkpoint"
 VERSION = 1
 

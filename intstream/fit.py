@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import ConfigError, check_keys, check_number
-from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, TEACHER_MAP_NAME, load_checkpoint, save_checkpoint
 from .device import resolve_device
 from .errors import InputError
 from .plan import peak_rss_bytes
@@ -392,7 +392,8 @@ def fit(
             coords_t, targets_t = coords_t.pin_memory(), targets_t.pin_memory()
         coords_t = coords_t.to(device, non_blocking=True)
         targets_t = targets_t.to(device, non_blocking=True)
-        teacher = InCoreTeacher(teacher_cfg, coords_t, targets_t, T, gen, score_batch=plan.score_batch)
+        teacher = InCoreTeacher(teacher_cfg, coords_t, targets_t, T, gen, score_batch=plan.score_batch,
+                                shape=store.shape)
 
     def current_psnr() -> float | None:
         """PSNR of the current weights: measured over every sample in core, estimated from
@@ -487,6 +488,7 @@ def fit(
             if start >= T:
                 psnr = current_psnr()
             checkpoint(done, psnr)
+    _write_teacher_map(rd, teacher, model)  # after the last checkpoint: it cannot change the training
     teacher.close()
     return {
         "stage": "fit",
@@ -512,6 +514,15 @@ def fit(
         "stopped": stop_reason,
         "interrupted": stop_reason if stop_reason in ("SIGTERM", "SIGINT") else None,
     }
+
+
+def _write_teacher_map(rd: RunDir, teacher, model) -> None:
+    """The teacher's coarse map of where it sampled (`Teacher.sample_map`), for ``eval --plot``."""
+    import io
+
+    buf = io.BytesIO()
+    np.savez(buf, **{k: np.asarray(v, dtype=np.float32) for k, v in teacher.sample_map(model).items()})
+    rd.write_bytes(TEACHER_MAP_NAME, buf.getvalue())
 
 
 def train_step(model, batch, observe, max_batch: int) -> float:

@@ -26,7 +26,7 @@ import uuid
 from pathlib import Path
 
 from .atomic import OutputLock, lock_output, output_error, remove_path, remove_stale_temporaries
-from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME
+from .checkpoint import CHECKPOINT_NAME, CONFIG_NAME, LOG_NAME, TEACHER_MAP_NAME
 from .errors import InputError, Interrupted
 
 __all__ = ["MARKER_NAME", "LOCK_NAME", "RunDir", "guarded", "resume_config", "StopSignals",
@@ -35,7 +35,7 @@ __all__ = ["MARKER_NAME", "LOCK_NAME", "RunDir", "guarded", "resume_config", "St
 MARKER_NAME = "intstream-run.json"
 LOCK_NAME = ".intstream.lock"
 MARKER_FORMAT = "intstream-run"
-OWN_FILES = (MARKER_NAME, CHECKPOINT_NAME, LOG_NAME, CONFIG_NAME)
+OWN_FILES = (MARKER_NAME, CHECKPOINT_NAME, LOG_NAME, CONFIG_NAME, TEACHER_MAP_NAME)
 
 _OPEN: contextvars.ContextVar[list | None] = contextvars.ContextVar("intstream_open_run_dirs", default=None)
 
@@ -122,12 +122,16 @@ class RunDir:
 
     def write_text(self, name: str, text: str) -> Path:
         """Write ``name`` in the run directory atomically (temporary + rename; never through a link)."""
+        return self.write_bytes(name, text.encode())
+
+    def write_bytes(self, name: str, data: bytes) -> Path:
+        """`write_text` for bytes."""
         dest = self.path / name
         tmp = self.path / f".{name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(text)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
             os.replace(tmp, dest)

@@ -119,6 +119,11 @@ def test_interrupted_and_resumed_equals_uninterrupted(kodak_crop, tmp_path, stra
     ref_log = (tmp_path / "ref" / "log.jsonl").read_text().splitlines()
     res_log = (tmp_path / "cut" / "log.jsonl").read_text().splitlines()
     assert [json.loads(a)["loss"] for a in ref_log] == [json.loads(b)["loss"] for b in res_log]
+    # The teacher's map (eval --plot's teacher.png) counts the steps before the cut too.
+    with np.load(tmp_path / "ref" / "teacher_map.npz") as a, np.load(tmp_path / "cut" / "teacher_map.npz") as b:
+        assert a["selected"].sum() > 0
+        for k in ("error", "selected"):
+            np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_existing_run_needs_resume_or_overwrite(kodak_crop, tmp_path):

@@ -74,7 +74,8 @@ def test_fit_writes_only_into_new_empty_or_run_directories(store, tmp_path):
     m = manifest(run("fit", store, "-o", empty, "--steps", "2", *FIT))
     assert m["steps"] == 2
     names = sorted(p.name for p in empty.iterdir())
-    assert names == sorted([MARKER_NAME, "checkpoint.pt", "config.json", "log.jsonl"]), names  # lock released
+    # Lock released; teacher_map.npz: where the teacher sampled, for eval --plot.
+    assert names == sorted([MARKER_NAME, "checkpoint.pt", "config.json", "log.jsonl", "teacher_map.npz"]), names
     assert json.loads((empty / MARKER_NAME).read_text())["format"] == "intstream-run"
     # Its own run directory is fine to continue or replace.
     assert manifest(run("fit", store, "-o", empty, "--steps", "2", *FIT, "--resume"))["steps"] == 2

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from ..models import predict
+from . import maps
 from .config import TeacherConfig
 from .protocol import Batch
 from .schedules import interval_at, ratio_at, select_count, selection_steps
@@ -34,13 +36,15 @@ class InCoreTeacher:
         Source of randomness for random shares (the training loop checkpoints its state).
     score_batch
         Samples per no-grad scoring forward (bounds its activation memory).
+    shape
+        The signal's grid (row-major sample order), for `sample_map`; default ``(N,)``.
     """
 
     grad_clip = None
     out_of_core = False
 
     def __init__(self, cfg: TeacherConfig, coords: torch.Tensor, targets: torch.Tensor, total_steps: int,
-                 generator: torch.Generator, *, score_batch: int = 65536):
+                 generator: torch.Generator, *, score_batch: int = 65536, shape: tuple[int, ...] | None = None):
         self.cfg = cfg
         self.score_batch = score_batch
         self.coords = coords
@@ -55,6 +59,13 @@ class InCoreTeacher:
         # Error estimates (pool < 1 only): inf until first scored, so unseen samples go first.
         self.cache = torch.full((self.n,), float("inf"), device=coords.device) if cfg.pool < 1 else None
         self.cursor = 0  # where the rotating pool continues
+        # For `sample_map` only (never read by a selection): samples trained on per map cell.
+        self.shape = tuple(shape) if shape is not None else (self.n,)
+        if math.prod(self.shape) != self.n:
+            raise ValueError(f"shape {self.shape} does not hold {self.n} samples")
+        self.cells = math.prod(maps.map_shape(self.shape))
+        self.count = torch.zeros(self.cells, dtype=torch.int64, device=coords.device)
+        self._hist: torch.Tensor | None = None  # the current subset's samples per cell
 
     def k_at(self, step: int) -> int:
         return select_count(ratio_at(self.cfg.ratio_schedule, step, self.total_steps, self.cfg.ratio), self.n)
@@ -69,6 +80,9 @@ class InCoreTeacher:
         elif step in self._select_at or self.index is None:
             selected = True
             self.index = self._select(model, k)
+        if selected or self._hist is None:
+            self._hist = self._cell_counts(self.index)
+        self.count += self._hist
         if self.index is None:
             return Batch([(self.coords, self.targets, None)], self.n, k / self.n, interval, selected)
         part = (self.coords[self.index], self.targets[self.index], self.weight)
@@ -81,6 +95,23 @@ class InCoreTeacher:
 
     def close(self) -> None:
         pass
+
+    def _cell_counts(self, index: torch.Tensor | None) -> torch.Tensor:
+        if index is None:
+            index = torch.arange(self.n, device=self.coords.device)
+        return torch.bincount(maps.cell_of(index, self.shape), minlength=self.cells)
+
+    def sample_map(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
+        """The error estimates that drive the draws (the pool's cache, or a fresh scoring
+        when every selection scores every sample) and the samples trained on, per cell."""
+        if self.cache is not None:
+            err = self.cache.float().cpu().numpy()
+        else:
+            pred = predict(model, self.coords, batch=self.score_batch, dtype=self.score_dtype)
+            err = (pred - self.targets).abs_().sum(dim=1).float().cpu().numpy()
+        err = np.where(np.isfinite(err), err, np.nan).reshape(self.shape)
+        return {"error": maps.reduce_grid(err, maps.cell_factors(self.shape), mean=True),
+                "selected": self.count.cpu().numpy().astype(np.float32).reshape(maps.map_shape(self.shape))}
 
     def _errors(self, model) -> torch.Tensor:
         """Per-sample error scores: fresh over all samples, or the estimates (pool < 1)."""
@@ -137,7 +168,8 @@ class InCoreTeacher:
     def state_dict(self) -> dict:
         return {"index": None if self.index is None else self.index.cpu(),
                 "weight": None if self.weight is None else self.weight.cpu(),
-                "cache": None if self.cache is None else self.cache.cpu(), "cursor": self.cursor}
+                "cache": None if self.cache is None else self.cache.cpu(), "cursor": self.cursor,
+                "count": self.count.cpu()}
 
     def load_state_dict(self, state: dict) -> None:
         self.index = None if state["index"] is None else state["index"].to(self.coords.device)
@@ -145,3 +177,6 @@ class InCoreTeacher:
         if state.get("cache") is not None:
             self.cache = state["cache"].to(self.coords.device)
         self.cursor = int(state.get("cursor", 0))
+        if state.get("count") is not None and state["count"].numel() == self.cells:  # older checkpoints: none
+            self.count = state["count"].to(self.coords.device)
+        self._hist = None  # recomputed from the restored subset

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Iterable, Protocol
 
+import numpy as np
 import torch
 
 __all__ = ["Batch", "Teacher"]
@@ -68,6 +69,13 @@ class Teacher(Protocol):
         """MSE of the current weights over the signal, and whether it was measured over
         every sample (True) or estimated from the teacher's statistics (False). ``exact``
         asks for the measurement even where it costs a pass over the store."""
+
+    def sample_map(self, model: torch.nn.Module) -> dict[str, np.ndarray]:
+        """Where the teacher sampled, on the coarse grid of `intstream.teach.maps`:
+        ``"error"``, its per-sample error estimate (mean over each cell of the summed
+        absolute error over channels, NaN where never estimated) and ``"selected"``, how
+        many samples of each cell it handed out over the run (selections, with repeats).
+        Read after training; it never changes what the teacher selects."""
 
     def state_dict(self) -> dict:
         """Everything needed to continue bit-identically after `load_state_dict`."""

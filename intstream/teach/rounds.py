@@ -43,6 +43,7 @@ import torch
 
 from ..errors import InputError
 from ..store import SignalStore
+from . import maps
 from .graph import model_state, round_draws, round_topk
 from .protocol import Batch
 from .schedules import interval_at, ratio_at, select_count, selection_steps
@@ -96,6 +97,10 @@ class _Rounds:
         self.mean_sq = np.full(self.n_chunks, np.nan)
         self.last_round = np.full(self.n_chunks, -1, dtype=np.int64)
         self.round = 0
+        # For `sample_map` only (never read by a selection): samples trained on per map cell.
+        self.map_shape = maps.map_shape(store.shape)
+        self.count = np.zeros(math.prod(self.map_shape), dtype=np.int64)
+        self._hist: np.ndarray | None = None  # the current batch's samples per cell
         self._client = None
         if scheduler:
             from distributed import Client
@@ -125,6 +130,22 @@ class _Rounds:
     def observe(self, pred: torch.Tensor) -> None:
         pass
 
+    def _cell_counts(self, flat_index: np.ndarray) -> np.ndarray:
+        return np.bincount(maps.cell_of(np.asarray(flat_index, dtype=np.int64), self.store.shape),
+                           minlength=len(self.count))
+
+    def _trained(self, hist: np.ndarray) -> None:
+        """Count one step's batch (its samples per map cell)."""
+        self._hist = hist
+        self.count += hist
+
+    def sample_map(self, model) -> dict[str, np.ndarray]:
+        """Per chunk, the latest estimate of the mean error per sample (the chunks' error
+        mass over their size; NaN for chunks never scored), and the samples trained on per cell."""
+        err = maps.chunk_grid(self.err_mass / self.chunk_sizes, self.chunk_sizes, self.store.shape,
+                              self.store.chunks, mean=True)
+        return {"error": err, "selected": self.count.astype(np.float32).reshape(self.map_shape)}
+
     def train_mse(self, model, exact: bool = False) -> tuple[float | None, bool]:
         """Sample-weighted mean of the chunks' latest MSE estimates (None before any), or
         with ``exact`` the MSE over every sample, streamed chunk by chunk."""
@@ -145,13 +166,21 @@ class _Rounds:
 
     def _stats_state(self) -> dict:
         return {"err_mass": torch.from_numpy(self.err_mass.copy()), "mean_sq": torch.from_numpy(self.mean_sq.copy()),
-                "last_round": torch.from_numpy(self.last_round.copy()), "round": self.round}
+                "last_round": torch.from_numpy(self.last_round.copy()), "round": self.round,
+                "count": torch.from_numpy(self.count.copy()),
+                "hist": None if self._hist is None else torch.from_numpy(self._hist.copy())}
 
     def _load_stats(self, state: dict) -> None:
         self.err_mass = state["err_mass"].numpy().copy()
         self.mean_sq = state["mean_sq"].numpy().copy()
         self.last_round = state["last_round"].numpy().copy()
         self.round = int(state["round"])
+        count = state.get("count")  # older checkpoints: none
+        if count is not None and count.numel() == len(self.count):
+            self.count = count.numpy().copy()
+        hist = state.get("hist")
+        self._hist = hist.numpy().copy() if hist is not None and hist.numel() == len(self.count) \
+            else np.zeros_like(self.count)
 
     def close(self) -> None:
         if self._pool is not None:
@@ -225,6 +254,7 @@ class ImportanceRounds(_Rounds):
         coords, targets = self._part(draws.index, draws.target)
         self.current = (coords, targets, torch.from_numpy(weight.astype(np.float32)).to(self.device),
                         torch.from_numpy(pos).to(self.device), torch.from_numpy(draws.p_local).to(self.device), plan)
+        self._hist = self._cell_counts(draws.index)
         self.round += 1
         if self._pool is not None:  # the next round, drawn now and scored while this one trains
             self._submit(self._plan(step + 1), self._snapshot(model))
@@ -234,6 +264,7 @@ class ImportanceRounds(_Rounds):
         if selected:
             self._select(step, model)
         coords, targets, weight = self.current[:3]
+        self._trained(self._hist)
         ratio = coords.shape[0] / self.n
         interval = interval_at(self.cfg.interval_schedule, step, self.total_steps)
         return Batch([(coords, targets, weight)], int(coords.shape[0]), ratio, interval, selected)
@@ -298,6 +329,7 @@ class MiniBatchINT(_Rounds):
         self.epochs = max(1, math.ceil(total_steps / self.n_batches))
         self._select_at = set(selection_steps(cfg.interval_schedule, self.epochs))
         self.cache: list = [None] * self.n_batches  # per mini-batch: (index, target, epoch selected)
+        self._hists: list = [None] * self.n_batches  # per mini-batch: its cached subset's samples per cell
 
     def batch(self, step: int, model) -> Batch:
         m, epoch = step % self.n_batches, step // self.n_batches
@@ -314,6 +346,9 @@ class MiniBatchINT(_Rounds):
             self._record(group, stats)
             self.round += 1
             self.cache[m] = cached = (cands.index, cands.target, epoch)
+        if selected or self._hists[m] is None:
+            self._hists[m] = self._cell_counts(cached[0])
+        self._trained(self._hists[m])
         coords, targets = self._part(cached[0], cached[1])
         interval = interval_at(self.cfg.interval_schedule, min(epoch, self.epochs - 1), self.epochs)
         return Batch([(coords, targets, None)], int(coords.shape[0]), coords.shape[0] / n_m, interval, selected)
@@ -337,6 +372,7 @@ class FullRounds(_Rounds):
         super().__init__(cfg, store, total_steps, generator, **kw)
         self._part_chunks = None
         self._part_targets = None
+        self._all = None  # every sample's map cell counts
 
     def _parts(self):
         for start in range(0, self.n_chunks, self.round_chunks):
@@ -349,14 +385,20 @@ class FullRounds(_Rounds):
 
     def batch(self, step: int, model) -> Batch:
         self.round += 1
+        if self._all is None:
+            self._all = maps.cell_sizes(self.store.shape)
+        self._trained(self._all)
         return Batch(self._parts(), self.n, 1.0, 1, True)
 
     def observe(self, pred: torch.Tensor) -> None:
         """The part's squared errors: the chunks' MSE of the weights before this step."""
-        sq = (pred.detach() - self._part_targets).square().sum(1).double().cpu().numpy()
+        diff = pred.detach() - self._part_targets
+        sq = diff.square().sum(1).double().cpu().numpy()
+        l1 = diff.abs().sum(1).double().cpu().numpy()
         bounds = np.concatenate([[0], np.cumsum(self.chunk_sizes[self._part_chunks])])
         for j, c in enumerate(self._part_chunks):
             self.mean_sq[c] = sq[bounds[j]:bounds[j + 1]].sum() / (self.chunk_sizes[c] * self.store.channels)
+            self.err_mass[c] = l1[bounds[j]:bounds[j + 1]].sum()
             self.last_round[c] = self.round
 
     def state_dict(self) -> dict:
