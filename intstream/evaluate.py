@@ -438,6 +438,10 @@ def _warn_near_constant(kind: str, result: dict) -> None:
 
 # -- plots ----------------------------------------------------------------------------
 
+# Full-resolution crops of the worst image regions (pixels a side), and the mesh plot's grid.
+WORST_CROP = 96
+PLOT_MESH_SIDE = 64
+
 
 def _predict_at(model, shape, extent, index_axes, batch):
     """Predictions on the sub-grid given by per-axis index arrays (strided previews)."""
@@ -468,6 +472,16 @@ def _plots(out_dir: Path, weights, model, store: SignalStore | None, *, batch: i
         pred = norm.to_unit(_predict_at(model, shape, extent, idx, batch))
         target = None if store is None else norm.to_unit(norm.targets(store.array[::step, ::step, :]))
         made.append(plots.image_error(pred, target, out_dir / "error.png", step=step))
+        if target is not None:
+            # The worst regions of the strided error map, decoded and read at full resolution.
+            crops = []
+            size = min(WORST_CROP, *shape)
+            for r0, c0 in plots.worst_regions(np.abs(pred - target).mean(axis=-1), step, shape, size=size):
+                rows, cols = np.arange(r0, min(r0 + size, shape[0])), np.arange(c0, min(c0 + size, shape[1]))
+                p = norm.to_unit(_predict_at(model, shape, extent, [rows, cols], batch))
+                t = norm.to_unit(norm.targets(store.array[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1, :]))
+                crops.append((p, t, (r0, c0)))
+            made.append(plots.worst_crops(crops, out_dir / "worst_crops.png"))
     elif kind == "audio":
         # On the [-1, 1] scale; the waveform strided over the whole signal, the
         # spectrograms over a contiguous stretch at the full rate (striding would alias).
@@ -497,4 +511,52 @@ def _plots(out_dir: Path, weights, model, store: SignalStore | None, *, batch: i
         pred = _predict_at(model, shape, extent, idx, batch)[0, ..., 0]
         target = None if store is None else norm.targets(store.array[mid, ::step, ::step, 0])
         made.append(plots.sdf_slice(pred, target, out_dir / "sdf_slice.png", index=mid))
+        made.append(_mesh_plot(plots, out_dir / "mesh.png", weights, model, store, batch=batch))
+    teacher = _teacher_maps(weights)
+    if teacher:
+        made.append(plots.teacher_map(teacher, out_dir / "teacher.png"))
     return [str(p) for p in made]
+
+
+def _mesh_plot(plots, out: Path, weights, model, store: SignalStore | None, *, batch: int) -> Path:
+    """Marching cubes of the decoded (and true) SDF on a grid of at most `PLOT_MESH_SIDE`^3."""
+    from .metrics import marching_cubes_block, sdf_geometry
+
+    shape = weights.shape
+    step = max(1, math.ceil(max(shape) / PLOT_MESH_SIDE))
+    idx = [np.arange(0, n, step) for n in shape]
+    origin, spacing = sdf_geometry(weights.signal, shape)
+    spacing = spacing * step
+    meshes = [("decoded", *marching_cubes_block(_predict_at(model, shape, weights.norm.extent, idx, batch)[..., 0],
+                                                  origin, spacing))]
+    if store is not None:
+        target = weights.norm.targets(store.array[::step, ::step, ::step, 0])
+        meshes.append(("target", *marching_cubes_block(target, origin, spacing)))
+    grid = tuple(len(i) for i in idx)
+    return plots.sdf_mesh(meshes, out, grid=grid)
+
+
+def _teacher_maps(weights) -> list[tuple[str, np.ndarray]]:
+    """The fit's map of where its teacher sampled (`intstream.teach.maps`), as 2-D panels."""
+    from .checkpoint import TEACHER_MAP_NAME
+
+    path = Path(weights.run_dir) / TEACHER_MAP_NAME if weights.run_dir else None
+    if path is None or not path.is_file():
+        return []
+    try:
+        with np.load(path) as z:
+            found = {k: np.asarray(z[k], dtype=np.float32) for k in z.files}
+    except (OSError, ValueError):  # unreadable: no teacher plot, not a failed eval
+        logging.getLogger("intstream.eval").warning(f"{path} is unreadable; no teacher.png")
+        return []
+    titles = {"error": "teacher's error estimate (mean |error| per sample)",
+              "selected": "samples trained on (count over the run)"}
+    panels = []
+    for key, title in titles.items():
+        m = found.get(key)
+        if m is None or m.ndim not in (1, 2, 3) or m.size == 0:
+            continue
+        if m.ndim == 3:
+            m, title = m[m.shape[0] // 2], f"{title}, middle slice"
+        panels.append((title, m))
+    return panels

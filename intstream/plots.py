@@ -4,6 +4,12 @@ matplotlib is imported only when a plot is drawn, with the Agg backend (no displ
 so ``import intstream`` and the CLI never pay for it. Each function takes plain arrays
 (already decoded at a capped resolution by `intstream.evaluate`) and writes one PNG
 atomically; it returns the path.
+
+Files: ``training.png`` (PSNR, loss, learning rate and teacher ratio from the run's log),
+``teacher.png`` (where the teacher sampled: the run's ``teacher_map.npz``), and by kind
+``error.png`` + ``worst_crops.png`` (images: a strided error map, and the worst regions
+decoded at full resolution), ``waveform.png`` (audio: waveform, error, spectrograms),
+``sdf_slice.png`` + ``mesh.png`` (SDF: a mid-slice, and marching cubes on a <= 64^3 grid).
 """
 
 from __future__ import annotations
@@ -18,9 +24,10 @@ from .atomic import atomic_output
 from .errors import InputError
 
 __all__ = ["PLOT_FILES", "check_plot_dir", "training_curves", "image_error", "audio_error", "sdf_slice",
-           "worst_regions", "worst_crops", "teacher_map"]
+           "worst_regions", "worst_crops", "teacher_map", "sdf_mesh"]
 
-PLOT_FILES = ("training.png", "error.png", "worst.png", "teacher.png", "waveform.png", "sdf_slice.png")
+PLOT_FILES = ("training.png", "error.png", "worst_crops.png", "teacher.png", "waveform.png", "sdf_slice.png",
+              "mesh.png")
 
 
 def _pyplot():
@@ -155,12 +162,52 @@ def teacher_map(maps: list[tuple[str, np.ndarray]], out: Path) -> Path:
     """Where the teacher sampled: heatmaps (grid-shaped) such as the per-sample error
     estimates that drive its draws and how often each region was in the last selection."""
     plt = _pyplot()
+    if all(m.ndim == 1 for _, m in maps):  # a 1-D signal: profiles along it
+        fig, axes = plt.subplots(len(maps), 1, figsize=(10, 2.4 * len(maps)), squeeze=False)
+        for ax, (title, m) in zip(axes[:, 0], maps):
+            ax.plot(np.arange(len(m)), m, lw=0.8)
+            ax.set(title=title, xlabel="map cell (along the signal)")
+            ax.grid(alpha=0.3)
+        fig.tight_layout()
+        return _save(fig, out)
     fig, axes = plt.subplots(1, len(maps), figsize=(4.6 * len(maps), 4.0), squeeze=False)
     for ax, (title, m) in zip(axes[0], maps):
-        im = ax.imshow(m, cmap="viridis", interpolation="nearest")
-        ax.set_title(title)
+        m = np.atleast_2d(m)
+        im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", interpolation="nearest")
+        ax.set_title(title + f" ({m.shape[0]}x{m.shape[1]})", fontsize=9)
         ax.set_axis_off()
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+    fig.tight_layout()
+    return _save(fig, out)
+
+
+def sdf_mesh(meshes: list[tuple[str, np.ndarray, np.ndarray]], out: Path, *, grid: tuple[int, ...]) -> Path:
+    """Shaded renders of zero-level meshes: ``(title, vertices (n, 3), faces (m, 3))`` each,
+    vertices in (z, y, x) order as marching cubes gives them; ``grid`` is the sampled grid."""
+    plt = _pyplot()
+    from mpl_toolkits.mplot3d.art3d import Poly3DCollection
+
+    fig = plt.figure(figsize=(4.8 * len(meshes), 4.8))
+    light = np.array([0.4, 0.5, 0.77])
+    for i, (title, verts, faces) in enumerate(meshes):
+        ax = fig.add_subplot(1, len(meshes), i + 1, projection="3d")
+        label = f"{title}, {len(faces)} faces ({'x'.join(map(str, grid))} grid)"
+        if len(faces):
+            xyz = verts[:, ::-1]  # x, y, z for the axes
+            tri = xyz[faces]
+            normal = np.cross(tri[:, 1] - tri[:, 0], tri[:, 2] - tri[:, 0])
+            normal /= np.maximum(np.linalg.norm(normal, axis=1, keepdims=True), 1e-12)
+            shade = 0.25 + 0.75 * np.abs(normal @ light)
+            colors = plt.get_cmap("bone")(0.35 + 0.6 * shade)
+            ax.add_collection3d(Poly3DCollection(tri, facecolors=colors, edgecolor="none", linewidth=0))
+            lo, hi = xyz.min(axis=0), xyz.max(axis=0)
+            c, r = (lo + hi) / 2, max(float((hi - lo).max()) / 2, 1e-6)
+            ax.set(xlim=(c[0] - r, c[0] + r), ylim=(c[1] - r, c[1] + r), zlim=(c[2] - r, c[2] + r))
+            ax.set_box_aspect((1, 1, 1))
+        else:
+            label += ": no surface"
+        ax.set_title(label, fontsize=9)
+        ax.set(xlabel="x", ylabel="y", zlabel="z")
     fig.tight_layout()
     return _save(fig, out)
 

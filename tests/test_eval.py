@@ -272,11 +272,46 @@ def test_plots(request, which, tmp_path):
     fx = request.getfixturevalue(which)
     m = manifest(run_cli(["eval", str(fx["weights"]), "--metrics", "none", "--plot", str(tmp_path / "p")]))
     names = sorted(p.rsplit("/", 1)[-1] for p in m["plots"])
-    expect = {"image": "error.png", "audio": "waveform.png", "sdf": "sdf_slice.png"}[which]
-    assert names == sorted(["training.png", expect])
+    expect = {"image": ["error.png", "worst_crops.png"], "audio": ["waveform.png"],
+              "sdf": ["sdf_slice.png", "mesh.png"]}[which]
+    assert names == sorted(["training.png", *expect])  # no teacher.png: these runs hold no teacher map
     for p in m["plots"]:
-        assert open(p, "rb").read(4) == b"\x89PNG"
+        check_png(p)
     exit2(["eval", str(fx["weights"]), "--metrics", "none", "--plot", str(tmp_path / "p")], "output exists")
+
+
+def check_png(path, min_size=(200, 150)):
+    """A whole PNG (Pillow decodes every row) of at least ``min_size`` pixels."""
+    from PIL import Image
+
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n", path
+    with Image.open(path) as im:
+        im.load()
+        assert im.size[0] >= min_size[0] and im.size[1] >= min_size[1], (path, im.size)
+        assert np.asarray(im.convert("L")).std() > 1, f"{path} is blank"  # something is drawn
+        return im.size
+
+
+def test_plots_of_a_real_fit_through_the_cli(data_dir, tmp_path):
+    """ingest | fit | eval --plot on a Kodak crop: the worst regions at full resolution, and
+    where the teacher sampled (written by fit into the run directory)."""
+    pytest.importorskip("matplotlib")
+    from PIL import Image
+
+    crop = np.asarray(Image.open(data_dir / "kodak" / "kodim05.png").convert("RGB"))[160:352, 240:496]
+    Image.fromarray(crop).save(tmp_path / "crop.png")
+    manifest(run_cli(["ingest", str(tmp_path / "crop.png"), "-o", str(tmp_path / "c.zarr")]))
+    manifest(run_cli(["fit", str(tmp_path / "c.zarr"), "-o", str(tmp_path / "run"), "--steps", "40", "--width", "32",
+                      "--depth", "3", "--log-every", "10"]))
+    with np.load(tmp_path / "run" / "teacher_map.npz") as z:
+        assert z["error"].shape == z["selected"].shape == (192, 256)
+        assert z["selected"].sum() > 0 and np.isfinite(z["error"]).all()
+    m = manifest(run_cli(["eval", str(tmp_path / "run"), "--metrics", "none", "--plot", str(tmp_path / "p")]))
+    names = sorted(p.rsplit("/", 1)[-1] for p in m["plots"])
+    assert names == ["error.png", "teacher.png", "training.png", "worst_crops.png"]
+    w, h = check_png(tmp_path / "p" / "worst_crops.png", (500, 800))  # 4 rows of target | decoded | error
+    assert h > w
+    check_png(tmp_path / "p" / "teacher.png", (600, 250))
 
 
 def test_cli_modules_do_not_import_torch():
