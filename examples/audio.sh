@@ -2,8 +2,8 @@
 # A LibriSpeech utterance (8.5 s at 16 kHz) through the pipeline, decoded back to a WAV file.
 #
 # Audio's default model is a bank of 1-D tile SIRENs (2048 samples a tile, first-layer
-# omega0 300 over each tile's local coordinates); this demo gives it 1 parameter per
-# sample (--capacity 1.0) and 1200 steps, so that the cosine schedule runs its course:
+# omega0 300 over each tile's local coordinates) with 1 parameter per sample; this demo
+# trains it for 1200 steps, so that the cosine schedule runs its course:
 # SNR 18.1 dB by eval with 158 KB of int8 weights, in under a minute on 2 idle CPU cores.
 # SNR, not PSNR, is audio's headline figure (a flat line at the mean scores ~0 dB SNR).
 #
@@ -18,7 +18,7 @@ OUT=${OUT:-$(mktemp -d -t intstream-audio.XXXXXX)}
 mkdir -p "$OUT" && cd "$OUT"
 
 intstream ingest "$DATA/librispeech/00.flac" -o speech.zarr --overwrite \
-  | intstream fit -o speech.run --steps ${STEPS:-1200} --capacity 1.0 ${BUDGET:+--time-budget $BUDGET} --log-every 100 --overwrite \
+  | intstream fit -o speech.run --steps ${STEPS:-1200} ${BUDGET:+--time-budget $BUDGET} --log-every 100 --overwrite \
   | intstream export-weights -o speech.safetensors --dtype int8 --overwrite \
   | intstream eval --decode speech.decoded.wav --overwrite ${PLOTS:+--plot plots} \
   | tee eval.json

@@ -7,7 +7,7 @@ import sys
 import click
 
 from intstream.teach.config import STRATEGIES
-from intstream.models.sizing import MODEL_CHOICES
+from intstream.models.sizing import MODEL_CHOICES, TILED_DEFAULTS
 
 from . import Command, options
 from .common import emit, stage, upstream
@@ -69,14 +69,16 @@ def _check_interval(ctx, param, value):
                    "without seams; auto: tiled when one 6x256 SIREN has < 1 parameter per value (and no --width).")
 @click.option("--capacity", type=options.FiniteFloat(0, options.MAX_CAPACITY, min_open=True),
               help="Parameters per signal value (sample x channel); sizes the width of either model "
-                   "(tiled default per kind: image 0.2, audio 0.5, sdf 0.1).")
+                   "(tiled default per kind: " + ", ".join(f"{k} {TILED_DEFAULTS[k]['capacity']:g}" for k in ("image", "audio", "sdf"))
+                   + ").")
 @click.option("--bpp", type=options.FiniteFloat(0, options.MAX_BITS, min_open=True),
               help="Rate control (images): size the model so its int8 weights file is this many bits per pixel.")
 @click.option("--kbps", type=options.FiniteFloat(0, options.MAX_KBPS, min_open=True), help="Rate control (audio): kbit/s of weights file.")
 @click.option("--bits-per-sample", type=options.FiniteFloat(0, options.MAX_BITS, min_open=True),
               help="Rate control (any kind): bits of weights file per grid sample (sets --capacity; "
                    "export-weights then picks the bit width).")
-@click.option("--tile", help="Tiled model: samples per tile per axis, e.g. 64x64 or 64 (default: image 64, audio 2048, sdf 16).")
+@click.option("--tile", help="Tiled model: samples per tile per axis, e.g. 64x64 or 64 (default: "
+                   + ", ".join(f"{k} {TILED_DEFAULTS[k]['tile']}" for k in ("image", "audio", "sdf")) + ").")
 @click.option("--overlap", type=options.FiniteFloat(0), help="Tiled model: blending margin in samples each side of a tile border.")
 @click.option("--width", type=click.IntRange(1, 1 << 16), help="Hidden units per layer (default: 256 single; tiled: from --capacity).")
 @click.option("--depth", type=click.IntRange(2, 1024), help="Linear layers, the last one linear (default: 6 single, 4 tiled).")
