@@ -126,3 +126,24 @@ def test_near_constant_fit_warns_through_the_cli(excerpt):
     assert out["metrics"]["snr"] < 1.0
     assert "the model predicts the mean" in res.stderr and "README.md" in res.stderr
     # A real fit does not warn.
+
+
+def test_in_core_fit_beyond_torch_multinomial_limit(data_dir, tmp_path):
+    """Over 2^24 samples in core (17.5 min of real speech: every LibriSpeech clip, repeated)
+    the default teacher's importance draw exceeded torch.multinomial's limit and fit exited 1;
+    it must train (issue 9: an hour of audio in core)."""
+    clips = [sf.read(str(p), dtype="int16")[0] for p in sorted((data_dir / "librispeech").glob("*.flac"))]
+    one = np.concatenate(clips)
+    wave = np.tile(one, (1 << 24) // one.size + 1)
+    assert wave.size > 1 << 24
+    src = tmp_path / "long.wav"
+    sf.write(str(src), wave, 16000, subtype="PCM_16")
+    r = CliRunner().invoke(main, ["ingest", str(src), "-o", str(tmp_path / "long.zarr"), "-q"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(main, ["fit", str(tmp_path / "long.zarr"), "-o", str(tmp_path / "long.run"), "-q",
+                                  "--model", "single", "--width", "8", "--depth", "2", "--steps", "2",
+                                  "--memory-budget", "4G"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout.strip().splitlines()[-1])
+    assert m["plan"]["in_core"] is True and m["steps"] == 2
+    assert math.isfinite(m["train_psnr"])

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from intstream.teach.topk import Candidates, chunk_error, chunk_topk, combine_topk, topk_indices
+from intstream.teach.topk import MULTINOMIAL_MAX, Candidates, chunk_error, chunk_topk, combine_topk, sample_indices, topk_indices
 
 
 def oracle(err, k):
@@ -99,3 +99,20 @@ def test_torch_topk_indices_matches_oracle(ties):
             np.testing.assert_array_equal(got.numpy(), oracle(err, k))
     with pytest.raises(ValueError):
         topk_indices(torch.zeros(2, 2), 1)
+
+
+@pytest.mark.parametrize("n", [1000, MULTINOMIAL_MAX + 4096])
+def test_sample_indices_follows_the_weights_on_both_sides_of_torchs_limit(n):
+    # torch.multinomial refuses n > 2^24; above it the inverse-CDF draw must give the same
+    # distribution, reach the last indices, and never draw a zero-weight index.
+    hot = torch.tensor([0, n // 3, n - 2, n - 1])
+    p = torch.zeros(n)
+    p[hot] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    idx = sample_indices(p, 200_000, torch.Generator().manual_seed(0))
+    assert idx.dtype == torch.int64 and idx.shape == (200_000,)
+    assert set(idx.unique().tolist()) == set(hot.tolist())
+    freq = torch.stack([(idx == h).float().mean() for h in hot])
+    torch.testing.assert_close(freq, torch.tensor([0.1, 0.2, 0.3, 0.4]), atol=0.005, rtol=0)
+    again = sample_indices(p, 200_000, torch.Generator().manual_seed(0))
+    assert torch.equal(idx, again)  # reproducible from the generator (resume)
+

@@ -16,7 +16,7 @@ from . import maps
 from .config import TeacherConfig
 from .protocol import Batch
 from .schedules import interval_at, ratio_at, select_count, selection_steps
-from .topk import topk_indices
+from .topk import sample_indices, topk_indices
 
 __all__ = ["InCoreTeacher"]
 
@@ -135,7 +135,7 @@ class InCoreTeacher:
         total = float(e.sum())
         a = self.cfg.random_share if total > 0 else 1.0
         p = (1.0 - a) * (e / max(total, 1e-30)) + a / self.n
-        index = torch.multinomial(p.cpu(), k, replacement=True, generator=self.generator).to(self.coords.device)
+        index = sample_indices(p.cpu(), k, self.generator).to(self.coords.device)
         self.weight = 1.0 / (self.n * p[index])
         return index
 

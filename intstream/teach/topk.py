@@ -16,7 +16,10 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-__all__ = ["Candidates", "chunk_error", "chunk_topk", "combine_topk", "topk_indices"]
+__all__ = ["Candidates", "chunk_error", "chunk_topk", "combine_topk", "topk_indices", "sample_indices"]
+
+# torch.multinomial refuses more categories than this ("cannot exceed 2^24").
+MULTINOMIAL_MAX = 1 << 24
 
 
 class Candidates(NamedTuple):
@@ -195,3 +198,23 @@ def topk_indices(error, k: int):
     order = torch.sort(key, descending=True, stable=True).indices
     # (NaN became -inf in err, so NaNs sort last; errors are >= 0, so no real -inf competes.)
     return sel[order]
+
+
+def sample_indices(p, k: int, generator):
+    """``k`` indices drawn with replacement, index ``i`` with probability ``p[i]`` (a 1-D
+    torch tensor of non-negative weights; they need not sum to 1).
+
+    ``torch.multinomial`` up to `MULTINOMIAL_MAX` categories (bit-for-bit the draws of
+    earlier versions); above its limit (a 4097 x 4097 image, an hour of audio in core)
+    inverse-CDF sampling from the same distribution: a float64 cumulative sum, uniforms
+    from ``generator``, ``searchsorted``. Zero-weight indices are never drawn either way.
+    """
+    import torch
+
+    n = p.numel()
+    if n <= MULTINOMIAL_MAX:
+        return torch.multinomial(p, k, replacement=True, generator=generator)
+    cdf = torch.cumsum(p, 0, dtype=torch.float64)
+    u = torch.rand(k, dtype=torch.float64, generator=generator).mul_(cdf[-1])
+    return torch.searchsorted(cdf, u, right=True).clamp_max_(n - 1)
+
