@@ -321,7 +321,7 @@ def fit(
     """
     import torch
 
-    from .models import ModelConfig, build_model, count_params, predict
+    from .models import ModelConfig, build_model, count_params
     from .progress import Progress
     from .teach.config import resolve_teacher
 
@@ -538,7 +538,9 @@ def train_step(model, batch, observe, max_batch: int) -> float:
     total = 0.0
     for x, y, w in batch.parts:
         scale = 1.0 / (batch.n * y.shape[1])
-        preds = []
+        # Filled in place (see models.predict: a list of small outputs between large
+        # transients fragments the heap).
+        preds = None if x.shape[0] <= max_batch else torch.empty_like(y, dtype=torch.float32)
         for s in range(0, x.shape[0], max_batch):
             out = model(x[s : s + max_batch])
             sq = (out - y[s : s + max_batch]).square()
@@ -547,8 +549,11 @@ def train_step(model, batch, observe, max_batch: int) -> float:
             loss = sq.sum() * scale
             loss.backward()
             total += float(loss.detach())
-            preds.append(out.detach())
-        observe(preds[0] if len(preds) == 1 else torch.cat(preds))
+            if preds is None:
+                preds = out.detach()
+            else:
+                preds[s : s + out.shape[0]] = out.detach()
+        observe(preds)
     return total
 
 

