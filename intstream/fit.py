@@ -177,7 +177,9 @@ def resolve_config(cfg: FitConfig, kind: str) -> FitConfig:
 
     d = KIND_DEFAULTS[kind]
     steps = cfg.steps or round(d["steps"] * STEPS_FACTOR.get(cfg.strategy, 1.0))
-    model = d.get("model", cfg.model) if cfg.model == "auto" else cfg.model
+    # A kind's preferred model stands in for "auto" unless the user sized an MLP (--width):
+    # then auto means one SIREN of that width, as models.sizing resolves it for every kind.
+    model = d.get("model", cfg.model) if cfg.model == "auto" and cfg.width is None else cfg.model
     first = cfg.first_omega0
     if first is None:
         first = d.get("tiled_first_omega0") if model == "tiled" else d.get("first_omega0")

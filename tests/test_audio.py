@@ -184,3 +184,17 @@ def test_stereo_44k_fits_as_two_channels_out_of_core_and_decodes_to_flac(data_di
     assert min(own) > 15.0, own  # a reconstruction of each channel (0 dB: a flat line); 28-29 dB measured
     assert all(o > x + 5.0 for o, x in zip(own, other)), (own, other)  # not a mix of the two
     assert m["metrics"]["snr"] > 5.0
+
+
+def test_width_on_audio_means_one_siren_as_for_every_kind(excerpt, tmp_path):
+    """`--width 64 --depth 3` sizes one SIREN (what the paper's protocol asks for); audio's
+    tiled preference applies only when no MLP size is given."""
+    r = CliRunner().invoke(main, ["fit", str(excerpt["store"]), "-o", str(tmp_path / "w.run"), "-q",
+                                  "--width", "64", "--depth", "3", "--steps", "1"])
+    assert r.exit_code == 0, r.output
+    model = json.loads((tmp_path / "w.run" / "config.json").read_text())["model"]
+    assert model.get("model", "single") == "single" and model["width"] == 64 and model["depth"] == 3, model
+    assert model["first_omega0"] == 3000.0  # audio's single-SIREN first layer
+    r = CliRunner().invoke(main, ["fit", str(excerpt["store"]), "-o", str(tmp_path / "d.run"), "-q", "--steps", "1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads((tmp_path / "d.run" / "config.json").read_text())["model"]["model"] == "tiled"
