@@ -118,8 +118,10 @@ def _incore_signal_bytes(n: int, ndim: int, channels: int, itemsize: int, *, k: 
     selection = k * (8 + 4 + 4 * d + 4 * c + 2 * 4 * c)
     load = n * (itemsize * c + 4 * c + 8 * d)
     scoring = n * (16 * c + 8)  # outputs + cat (8C), diff/abs (4C), square (4C), errors (8)
-    # p & temps (+ the float64 CDF above torch.multinomial's 2^24 categories), or top-k
-    sampling = n * (24 + (8 if n > (1 << 24) else 0)) + k * 16 if weighting == "importance" else n * 12 + k * 8
+    from .teach.topk import MULTINOMIAL_MAX  # torch-free
+
+    # p & temps (+ the float64 CDF of `sample_indices` above torch.multinomial's limit), or top-k
+    sampling = n * (24 + (8 if n > MULTINOMIAL_MAX else 0)) + k * 16 if weighting == "importance" else n * 12 + k * 8
     return {"signal": held + max(load, scoring + selection, sampling + selection)}
 
 

@@ -217,4 +217,3 @@ def sample_indices(p, k: int, generator):
     cdf = torch.cumsum(p, 0, dtype=torch.float64)
     u = torch.rand(k, dtype=torch.float64, generator=generator).mul_(cdf[-1])
     return torch.searchsorted(cdf, u, right=True).clamp_max_(n - 1)
-
