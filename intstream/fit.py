@@ -69,7 +69,12 @@ class FitConfig:
         ``auto``, ``cpu`` or ``cuda``.
     time_budget
         Stop after this many seconds of training by this process (checkpoint and report),
-        or None. A resumed run gets the full budget again.
+        or None. A resumed run gets the full budget again. A fresh run given a budget and
+        no ``steps`` fits T to it: after 5% of the budget (and 20 steps) the LR's cosine
+        is moved onto the steps the budget holds at the rate measured so far
+        (`_fit_steps_to_budget`), so the run anneals instead of stopping at a high LR; the
+        checkpoint keeps that T for a resume. Teachers whose schedules depend on T (a
+        ``step`` ratio, ``incremental`` intervals) keep the kind's default T.
     target_psnr
         Stop once the training PSNR reaches this (dB), or None.
     memory_budget
@@ -346,6 +351,8 @@ def fit(
             raise InputError(store.path, "store does not match the checkpoint being resumed (source or shape differ)")
     else:
         store = open_store(store_path)
+        # --time-budget without --steps: T is fitted to the budget once the step rate is known.
+        fit_to_budget = config.time_budget is not None and config.steps is None
         cfg = resolve_config(config, store.kind)
     _check_run_dir(run_dir, store)
 
@@ -374,6 +381,9 @@ def fit(
     gen = torch.Generator().manual_seed(cfg.seed)
     data_range = _data_range(store)
     T = cfg.steps
+    # Only the LR's cosine is refitted: a teacher whose schedules depend on T keeps --steps.
+    retime_at = (_retime_step(cfg.time_budget) if ck is None and fit_to_budget
+                 and _schedules_free_of_T(teacher_cfg) else None)
 
     out_of_core = not plan.in_core
     max_batch = plan.batch  # samples per forward/backward; larger selections accumulate (train_step)
@@ -422,6 +432,9 @@ def fit(
         gen.set_state(ck["teacher"]["generator"])
         _set_rng_state(ck["rng"])
         start = int(ck["step"])
+        fitted = ck["summary"].get("total_steps")
+        if fitted is not None and fitted != ck["fit_config"]["steps"] and T <= ck["fit_config"]["steps"]:
+            T = int(fitted)  # the T this run fitted to its first time budget (sched.T_max holds it too)
         train_seconds = float(ck["summary"]["train_seconds"])
         summary_psnr = ck["summary"].get("train_psnr")
     train_seconds_before = train_seconds  # by earlier processes of this run
@@ -439,7 +452,7 @@ def fit(
             "store": {"path": str(store.path), "meta": store.meta},
             "summary": {"steps": step, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t_wall,
                         "train_psnr": psnr, "train_psnr_measured": psnr_measured,
-                        "estimated_psnr": estimated_psnr(), "strategy": teacher_cfg.strategy,
+                        "estimated_psnr": estimated_psnr(), "strategy": teacher_cfg.strategy, "total_steps": T,
                         "out_of_core": out_of_core, "params": count_params(model)},
         })
 
@@ -447,7 +460,17 @@ def fit(
     last_ck = time.perf_counter()
     psnr = summary_psnr
     with rd.open_append(LOG_NAME) as log, _Stop() as stopper, Progress(T, "fit", enabled=progress, initial=start, unit="step") as bar:
-        for step in range(start, T):
+        def remaining_steps():  # reads T at every step: a budget-fitted run changes it once
+            s = start
+            while s < T:
+                yield s
+                s += 1
+
+        for step in remaining_steps():
+            if retime_at is not None and train_seconds >= retime_at[0] and step - start >= retime_at[1]:
+                T = _fit_steps_to_budget(opt, sched, step, train_seconds, cfg.time_budget)
+                retime_at = None
+                bar.set_total(T)
             t0 = time.perf_counter()
             batch = teacher.batch(step, model)
             opt.zero_grad(set_to_none=True)
@@ -575,6 +598,34 @@ def _check_run_dir(run_dir: Path, store: SignalStore) -> None:
     src, out = Path(store.path).resolve(), run_dir.resolve()
     if out == src or src in out.parents:
         raise InputError(run_dir, f"run directory would be written inside the store {src}")
+
+
+# --time-budget without --steps: T is refitted once, after this share of the budget (and
+# at least RETIME_MIN_STEPS steps), from the step rate measured so far.
+RETIME_SHARE, RETIME_MIN_STEPS = 0.05, 20
+
+
+def _retime_step(budget: float) -> tuple[float, int]:
+    """(training seconds, steps) after which T is refitted."""
+    return RETIME_SHARE * budget, RETIME_MIN_STEPS
+
+
+def _schedules_free_of_T(teacher_cfg) -> bool:
+    """Whether the teacher selects the same way whatever T is (constant ratio, no
+    incremental intervals): then only the LR depends on T and T may be refitted."""
+    from .teach.schedules import parse_interval
+
+    return teacher_cfg.ratio_schedule == "constant" and parse_interval(teacher_cfg.interval_schedule).kind != "incremental"
+
+
+def _fit_steps_to_budget(opt, sched, step: int, seconds: float, budget: float) -> int:
+    """The T whose last step falls at the end of ``budget`` training seconds at the rate
+    measured over the first ``step`` steps (``seconds``), with the LR's cosine moved onto it
+    (`_extend_cosine`), so a run given only a time anneals instead of being cut at a high LR.
+    The rate so far includes the first steps' warm-up, so T errs short, never long."""
+    new_total = max(step + 1, int(step * budget / max(seconds, 1e-9)))
+    _extend_cosine(opt, sched, step, new_total)
+    return new_total
 
 
 def _extend_cosine(opt, sched, step: int, total: int) -> None:

@@ -166,6 +166,14 @@ class Progress:
     def enabled(self) -> bool:
         return self.mode is not None
 
+    def set_total(self, total: int) -> None:
+        """A new total (fit's T refitted to a time budget)."""
+        with self._lock:
+            self.total = total
+            if self._bar is not None:
+                self._bar.total = total
+                self._bar.refresh()
+
     def update(self, n: int = 1, status: str = "", **fields) -> None:
         """Count ``n`` more units; ``fields`` (``psnr=..``) and ``status`` are shown beside them."""
         with self._lock:

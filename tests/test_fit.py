@@ -142,6 +142,31 @@ def test_target_psnr_and_time_budget_stop_early(kodak_crop, tmp_path):
     assert m["stopped"] == "time_budget" and m["steps"] < 100000
 
 
+@pytest.mark.parametrize("out_of_core", [False, True])
+def test_time_budget_without_steps_fits_T_and_anneals(kodak_crop, tmp_path, out_of_core, monkeypatch):
+    """--time-budget alone: T is refitted once from the measured rate and the LR's cosine
+    follows it to lr_min, in core and in rounds; a resume keeps the fitted T. Checked on the
+    logged LR against the cosine of the fitted T, whatever the machine's speed."""
+    monkeypatch.setattr(sys.modules["intstream.fit"], "RETIME_MIN_STEPS", 3)  # a loaded CI machine: few steps
+    cfg = FitConfig(time_budget=3.0, log_every=5, out_of_core=out_of_core, **{k: v for k, v in SMALL.items()
+                                                                              if k != "log_every"})
+    m = fit(kodak_crop, tmp_path / "run", cfg)
+    T, lr0 = m["total_steps"], 1e-3
+    default_T = 10000  # image's 5000 x intstream's step factor 2
+    assert T != default_T and T > 3
+    assert m["stopped"] in (None, "time_budget") and (m["stopped"] or m["steps"] == T)
+    log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    late = [r for r in log if r["step"] > 0.5 * T]
+    assert late, "no log lines after the refit"
+    for r in late:  # the LR used at the step after r["step"]: the cosine of a T-step run
+        want = 1e-6 + (lr0 - 1e-6) * (1 + np.cos(np.pi * r["step"] / T)) / 2
+        assert r["lr"] == pytest.approx(want, rel=1e-4, abs=1e-9)
+    if m["stopped"] is None:
+        assert log[-1]["lr"] == pytest.approx(1e-6, rel=1e-3)
+    again = fit(kodak_crop, tmp_path / "run", cfg, resume=True)
+    assert again["total_steps"] == T and again["steps"] == T
+
+
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory):
     """A generated 192x256 image in 48x64 chunks (16 chunks), trained out of core."""
