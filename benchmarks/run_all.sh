@@ -35,6 +35,10 @@ step() {
 step benchmarks/bench_ingest.py "${tmp[@]}"
 step benchmarks/bench_sdf_ingest.py
 step benchmarks/bench_teachers.py --images 1 2 3 4 5 6 7 8 9 10 11 12
+step benchmarks/bench_teachers.py --out-of-core
+step benchmarks/bench_teachers.py --mosaic 2048 --time-budget 300 --chunk 256 "${tmp[@]}"
+step benchmarks/bench_audio.py
+step benchmarks/bench_long_audio.py
 step benchmarks/bench_modalities.py
 step benchmarks/bench_scoring.py
 step benchmarks/bench_outofcore.py "${tmp[@]}"
