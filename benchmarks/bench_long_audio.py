@@ -125,8 +125,7 @@ def run_signal(name: str, src: Path, work: Path, args) -> dict:
 
     cli = intstream_cmd()
     store, run, wts, dec = (work / f"{name}{s}" for s in (".zarr", ".run", ".st", ".decoded.flac"))
-    ing_s, ing_rss, proc = peak_rss_of(cli + ["ingest", str(src), "-o", str(store), "-q"])
-    ing = manifest_of(proc)
+    peak_rss_of(cli + ["ingest", str(src), "-o", str(store), "-q"])
     fit_s, fit_rss, proc = peak_rss_of(cli + ["fit", str(store), "-o", str(run), "--out-of-core", "-q",
                                               "--time-budget", str(args.time_budget[name]),
                                               "--memory-budget", str(args.memory_budget), "--log-every", "100"])
