@@ -173,7 +173,10 @@ def test_default_steps_in_the_manifest_match_help(store, tmp_path):
 
     r, m = _fit([store, "-o", tmp_path / "d", "--width", 4, "--depth", 2, "--time-budget", 0.05], tmp_path)
     assert r.exit_code == 0, r.output
-    assert m["total_steps"] == resolve_config(FitConfig(), "image").steps
+    # The default T (config.json); the manifest's total_steps is that T refitted to the budget.
+    config = json.loads((tmp_path / "d" / "config.json").read_text())
+    assert config["fit"]["steps"] == resolve_config(FitConfig(), "image").steps
+    assert m["stopped"] == "time_budget" or m["steps"] == m["total_steps"]
 
 
 def test_manifest_has_no_infinities(capsys):
