@@ -46,6 +46,16 @@ def write_sections(path: Path, title: str, sections: dict[str, list[list[dict]]]
     print(text)
 
 
+def save_rows(out: str | None, name: str, smoke: bool, title: str, rows: list[dict]) -> None:
+    """Write ``rows`` to ``<results_path>.json`` and as a table to ``.md`` (nothing for a
+    smoke run without ``--out``), then print them as JSON on stdout."""
+    path = results_path(out, name, smoke)
+    if path is not None:
+        path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
+        write_table(path.with_suffix(".md"), title, rows)
+    print(json.dumps(rows))
+
+
 def rounded(rows: list[dict], digits: int = 3, drop: tuple[str, ...] = ("log",)) -> list[dict]:
     """Rows for a table: floats rounded, bulky keys (the run logs) dropped."""
     return [{k: (round(v, digits) if isinstance(v, float) else v) for k, v in r.items() if k not in drop} for r in rows]

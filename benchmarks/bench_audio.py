@@ -18,13 +18,12 @@ and PESQ, the codec a user would otherwise reach for.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, intstream_cmd, manifest_of, peak_rss_of, progress, read_log, results_path, write_table  # noqa: E402
+from _common import DATA, intstream_cmd, manifest_of, peak_rss_of, progress, read_log, save_rows  # noqa: E402
 
 
 def snr_log(log: list[dict], offset: float) -> list[tuple[float, float]]:
@@ -119,12 +118,8 @@ def main(argv=None) -> int:
             })
             progress(f"{clip.stem}: SNR {m['snr']:.2f} dB after {fit['train_seconds']:.0f} s")
     rows = [{k: (round(v, 3) if isinstance(v, float) else v) for k, v in r.items()} for r in rows]
-    path = results_path(args.out, "audio", args.smoke)
-    if path is not None:
-        path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-        write_table(path.with_suffix(".md"), f"Audio defaults on LibriSpeech (time budget {args.time_budget:g} s,"
-                    f" int8 weights, {args.extra or 'no extra options'})", rows)
-    print(json.dumps(rows))
+    save_rows(args.out, "audio", args.smoke, f"Audio defaults on LibriSpeech (time budget {args.time_budget:g} s,"
+              f" int8 weights, {args.extra or 'no extra options'})", rows)
     return 0
 
 

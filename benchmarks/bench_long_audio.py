@@ -27,7 +27,6 @@ reach per second of training (results/audio.md) for the extrapolation.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import tempfile
@@ -36,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import DATA, intstream_cmd, manifest_of, peak_rss_of, progress, results_path, write_table  # noqa: E402
+from _common import DATA, intstream_cmd, manifest_of, peak_rss_of, progress, save_rows  # noqa: E402
 
 CLIP_RATE = 16000
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
@@ -175,12 +174,8 @@ def main(argv=None) -> int:
         work = Path(tmp)
         rows.append(run_signal("hour", make_hour(work / "hour.flac", args.hours), work, args))
         rows.append(run_signal("stereo", make_stereo(work / "stereo.flac", args.stereo_seconds), work, args))
-    path = results_path(args.out, "long_audio", args.smoke)
-    if path is not None:
-        path.with_suffix(".json").write_text(json.dumps(rows, indent=1))
-        write_table(path.with_suffix(".md"), f"Long audio out of core (default tiled model, int8 weights, "
-                    f"--memory-budget {args.memory_budget >> 20} MiB, fits bounded by --time-budget)", rows)
-    print(json.dumps(rows))
+    save_rows(args.out, "long_audio", args.smoke, f"Long audio out of core (default tiled model, int8 weights, "
+              f"--memory-budget {args.memory_budget >> 20} MiB, fits bounded by --time-budget)", rows)
     return 0
 
 

@@ -382,8 +382,8 @@ def fit(
     data_range = _data_range(store)
     T = cfg.steps
     # Only the LR's cosine is refitted: a teacher whose schedules depend on T keeps --steps.
-    retime_at = (_retime_step(cfg.time_budget) if ck is None and fit_to_budget
-                 and _schedules_free_of_T(teacher_cfg) else None)
+    retime_at = (RETIME_SHARE * cfg.time_budget if ck is None and fit_to_budget
+                 and _schedules_free_of_T(teacher_cfg) else None)  # training seconds
 
     out_of_core = not plan.in_core
     max_batch = plan.batch  # samples per forward/backward; larger selections accumulate (train_step)
@@ -467,7 +467,7 @@ def fit(
                 s += 1
 
         for step in remaining_steps():
-            if retime_at is not None and train_seconds >= retime_at[0] and step - start >= retime_at[1]:
+            if retime_at is not None and train_seconds >= retime_at and step - start >= RETIME_MIN_STEPS:
                 T = _fit_steps_to_budget(opt, sched, step, train_seconds, cfg.time_budget)
                 retime_at = None
                 bar.set_total(T)
@@ -603,11 +603,6 @@ def _check_run_dir(run_dir: Path, store: SignalStore) -> None:
 # --time-budget without --steps: T is refitted once, after this share of the budget (and
 # at least RETIME_MIN_STEPS steps), from the step rate measured so far.
 RETIME_SHARE, RETIME_MIN_STEPS = 0.05, 20
-
-
-def _retime_step(budget: float) -> tuple[float, int]:
-    """(training seconds, steps) after which T is refitted."""
-    return RETIME_SHARE * budget, RETIME_MIN_STEPS
 
 
 def _schedules_free_of_T(teacher_cfg) -> bool:
