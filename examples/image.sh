@@ -4,7 +4,7 @@
 # The default model (--model auto: a bank of tile SIRENs for a photo this size) trained
 # for 700 steps, so that the cosine learning-rate schedule runs its whole course: 33.7 dB,
 # SSIM 0.957 by eval, 265 KB of int8 weights, in ~70 s on 2 CPU cores (the default T of
-# 10000 steps gives more; --time-budget alone stops a long schedule before it anneals).
+# 10000 steps gives more; --time-budget without --steps fits the schedule to the budget).
 # Every stage prints one JSON line; each reads the previous one from stdin.
 #
 # STEPS sets the training steps, BUDGET caps the training seconds (CI uses a few);
