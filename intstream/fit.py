@@ -361,12 +361,11 @@ def fit(
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
     random.seed(cfg.seed)
+    teacher_options = dict(ratio=cfg.ratio, ratio_schedule=cfg.ratio_schedule, interval_schedule=cfg.interval_schedule,
+                           random_share=cfg.random_share, score_dtype=cfg.score_dtype, pool=cfg.pool,
+                           weighting=cfg.weighting)
     with _option_errors():  # a bad teacher option: exit 2, before the run directory exists
-        teacher_cfg = resolve_teacher(
-            cfg.strategy, ratio=cfg.ratio, ratio_schedule=cfg.ratio_schedule, interval_schedule=cfg.interval_schedule,
-            random_share=cfg.random_share, score_dtype=cfg.score_dtype, pool=cfg.pool,
-            weighting=cfg.weighting,
-        )
+        teacher_cfg = resolve_teacher(cfg.strategy, **teacher_options)
     if ck is not None:  # the checkpoint's network, whatever the sizing rules say today
         model_cfg = ModelConfig.from_dict(dict(ck["model_config"]))
     else:
@@ -386,6 +385,8 @@ def fit(
                  and _schedules_free_of_T(teacher_cfg) else None)  # training seconds
 
     out_of_core = not plan.in_core
+    if out_of_core:  # the strategy's rounds preset (its options checked above)
+        teacher_cfg = resolve_teacher(cfg.strategy, out_of_core=True, **teacher_options)
     max_batch = plan.batch  # samples per forward/backward; larger selections accumulate (train_step)
     if out_of_core:
         from .teach.rounds import rounds_teacher

@@ -11,6 +11,8 @@ The whole process's peak RSS is estimated as the sum of
 ``round``      out of core: a round's draws (the current one and the prefetched next),
                the cached subsets of the paper's mini-batch INT, one chunk group while
                ``full`` streams the signal;
+``cache``      out of core, importance rounds: the decoded chunks (coordinates and
+               targets) kept for the next rounds, one round's worth;
 ``train``      activations and their gradients of one training micro-batch;
 ``score``      activations of one no-grad scoring forward;
 ``dask``       out of core: each scoring thread's chunk in flight (raw values,
@@ -144,6 +146,8 @@ def _round_bytes(strategy: str, weighting: str, *, n: int, ndim: int, channels: 
         n_batches = math.ceil(n_chunks / max(1, round_chunks))
         cached = min(int(ratio_max * n) + n_batches, n_batches * round_samples)
         terms["round"] = round_samples * per_draw + cached * (8 + 4 * c)
+    else:  # importance rounds: each process keeps one round's chunks decoded (graph._cached_block)
+        terms["cache"] = round_chunks * chunk_samples * (4 * d + 4 * c)
     return terms
 
 
@@ -304,7 +308,10 @@ def plan_fit(
     probe = _round_bytes(strategy, weighting, n=n, ndim=d, channels=c, chunk_samples=chunk_samples,
                          n_chunks=n_chunks, round_chunks=g, round_samples=1 << 20, ratio_max=ratio_max)["round"]
     per_sample = max(1, probe / (1 << 20))
-    round_samples = int(max(MIN_BATCH, min(k_max, share // per_sample if share > 0 else 0)))
+    cache = _round_bytes(strategy, weighting, n=n, ndim=d, channels=c, chunk_samples=chunk_samples,
+                         n_chunks=n_chunks, round_chunks=g, round_samples=0, ratio_max=ratio_max).get("cache", 0)
+    draw_share = share - cache  # what the chunk cache leaves to the draws
+    round_samples = int(max(MIN_BATCH, min(k_max, draw_share // per_sample if draw_share > 0 else 0)))
     if strategy == "full":
         round_samples = n
     batch = min(batch, max(MIN_BATCH, round_samples if strategy != "full" else g * chunk_samples))

@@ -171,3 +171,38 @@ def test_distributed_matches_threads(store_path, model):
     np.testing.assert_array_equal(remote.target, local.target)
     assert remote_stats == local_stats
     assert time.perf_counter() - t0 < 30
+
+
+def test_round_draws_per_chunk_shares_and_block_cache(store_path, model, monkeypatch):
+    """Chunks with share 1 are read, not scored (uniform draws, no error sums); kept decoded
+    chunks are read from Zarr once and give the same draws as fresh reads."""
+    from intstream.store import SignalStore
+    from intstream.teach.graph import clear_block_cache, round_draws
+
+    store = open_store(store_path)
+    chunks = store.chunk_slices()[:6]
+    ms = model_state(CFG, model.state_dict())
+    shares = [0.5, 1.0, 0.5, 1.0, 1.0, 0.0]
+    args = (store_path, chunks, ms, [40] * 6, list(range(6)))
+    ref, ref_stats = round_draws(*args, uniform_share=shares, split_every=2)
+    assert [("sum" in s) for s in ref_stats] == [a < 1 for a in shares]
+    sizes = np.array([np.prod([s.stop - s.start for s in sl]) for sl in chunks])
+    uniform = np.isin(ref.chunk, [1, 3, 4])
+    np.testing.assert_allclose(ref.p_local[uniform], 1.0 / sizes[ref.chunk[uniform]])
+    err = oracle_errors(store, model)
+    for c in (0, 5):  # scored: p = (1 - a) e / sum(e) + a / n over the chunk
+        idx = store.block_flat_index(chunks[c])
+        e = err[idx].astype(np.float64)
+        p = (1 - shares[c]) * e / e.sum() + shares[c] / len(idx)
+        here = ref.chunk == c
+        np.testing.assert_allclose(ref.p_local[here], p[np.searchsorted(idx, ref.index[here])], rtol=1e-5)
+    reads = []
+    real = SignalStore.block_samples
+    monkeypatch.setattr(SignalStore, "block_samples", lambda self, sl: reads.append(sl) or real(self, sl))
+    clear_block_cache()
+    for _ in range(3):
+        got, _ = round_draws(*args, uniform_share=shares, split_every=2, keep=6)
+        for f in got._fields:
+            np.testing.assert_array_equal(getattr(got, f), getattr(ref, f))
+    assert len(reads) == 6, "each kept chunk is read from the store once"
+    clear_block_cache()

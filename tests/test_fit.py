@@ -194,7 +194,8 @@ def test_out_of_core_rounds_learn_and_visit_every_chunk(big_store, tmp_path):
     assert m["train_psnr"] is not None and m["train_psnr"] > 14
 
 
-def test_out_of_core_importance_weights_are_unbiased(big_store):
+@pytest.mark.parametrize("round_chunks", [4, 16])  # chunks drawn with replacement; every chunk (stratified)
+def test_out_of_core_importance_weights_are_unbiased(big_store, round_chunks):
     """E[weight * loss] over the two-level draws equals the full-signal mean: check with a
     per-sample loss of 1 (mean weight 1) and with the true errors against the full MSE."""
     store = open_store(big_store)
@@ -202,7 +203,7 @@ def test_out_of_core_importance_weights_are_unbiased(big_store):
     model = build_model(ModelConfig(2, 3, width=32, depth=3))
     coords, targets = (torch.from_numpy(a) for a in store.load_all())
     full = float((predict(model, coords) - targets).square().sum(1).mean())
-    t = _rounds("intstream", store, 1000)
+    t = _rounds("intstream", store, 1000, round_chunks=round_chunks)
     t.err_mass[:] = np.linspace(1.0, 50.0, t.n_chunks)  # deliberately wrong chunk estimates
     est, ones = [], []
     for step in range(0, 400, 2):
@@ -212,6 +213,34 @@ def test_out_of_core_importance_weights_are_unbiased(big_store):
         est.append(float((w * (predict(model, x) - y).square().sum(1)).mean()))
     assert abs(np.mean(ones) - 1.0) < 0.05
     assert abs(np.mean(est) - full) / full < 0.05
+
+
+def test_out_of_core_round_draws_from_every_chunk_and_scores_the_pool(big_store):
+    """A round the plan holds whole: every chunk draws its share k q_c of the samples; the
+    pool's share of the chunks (those drawing most) is scored and draws by error, the
+    others are read only and draw uniformly; ``random`` scores nothing."""
+    store = open_store(big_store)
+    model = build_model(ModelConfig(2, 3, width=32, depth=3))
+    t = _rounds("intstream", store, 1000, round_chunks=16)
+    mass = t.err_mass[:] = np.arange(1.0, 17.0) * 1000.0  # chunk 15 has the largest error
+    q = 0.5 * mass / mass.sum() + 0.5 * t.chunk_sizes / t.n
+    b = t.batch(0, model)
+    plan = t.current[-1]
+    k = b.n
+    assert plan.chunks.tolist() == list(range(16)) and int(plan.draws.sum()) == k and (plan.draws >= 1).all()
+    assert np.abs(plan.draws - k * q).max() <= 1
+    scored = np.flatnonzero(plan.shares < 1)
+    assert len(scored) == 4 and set(scored) == set(np.argsort(-plan.draws, kind="stable")[:4])
+    assert sorted(np.flatnonzero(t.last_round >= 0)) == sorted(scored), "only the pool's chunks were scored"
+    pos, p_local = (v.cpu().numpy() for v in t.current[3:5])
+    unscored = ~np.isin(pos, scored)
+    np.testing.assert_allclose(p_local[unscored], 1.0 / t.chunk_sizes[pos[unscored]])
+    assert not np.allclose(p_local[~unscored], 1.0 / t.chunk_sizes[pos[~unscored]])
+    got = np.bincount(pos, minlength=16)
+    np.testing.assert_array_equal(got, plan.draws)
+    r = _rounds("random", store, 1000, round_chunks=16)
+    r.batch(0, model)
+    assert (r.last_round < 0).all() and (r.current[-1].shares == 1).all()
 
 
 def test_out_of_core_int_is_mini_batch_int(big_store):

@@ -26,13 +26,15 @@ import sys
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from functools import partial
 from typing import NamedTuple, Sequence
 
 import numpy as np
 
 from .topk import Candidates, chunk_error, chunk_topk, combine_topk
 
-__all__ = ["Draws", "ModelState", "draw_chunk", "model_state", "round_draws", "round_graph", "round_topk", "score_chunk"]
+__all__ = ["Draws", "ModelState", "clear_block_cache", "draw_chunk", "model_state", "round_draws", "round_graph",
+           "round_topk", "score_chunk"]
 
 # How many distinct model versions a process keeps built (current round + prefetch of next).
 _MODEL_CACHE_SIZE = 2
@@ -40,6 +42,10 @@ _model_cache: "OrderedDict[tuple, object]" = OrderedDict()
 _model_lock = threading.Lock()
 _store_cache: "OrderedDict[tuple, object]" = OrderedDict()
 _store_lock = threading.Lock()
+# Decoded chunks (coords, targets) a process keeps for the rounds that draw from them
+# again (`draw_chunk`'s ``keep``: the memory plan's chunks per round).
+_block_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
+_block_lock = threading.Lock()
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,6 +120,35 @@ def _cached_store(path: str):
         return store
 
 
+def _cached_block(store_path: str, slices: tuple[slice, ...], keep: int):
+    """``(store, coords, targets)`` of one chunk; with ``keep > 0`` the last ``keep`` chunks
+    read by this process stay decoded (shared, never written), so rounds that draw from the same
+    chunks again skip Zarr's ~1.5 ms per chunk read and decode."""
+    from ..store import store_cache_key
+
+    store = _cached_store(store_path)
+    if keep <= 0:
+        return (store, *store.block_samples(slices))
+    key = (store_cache_key(store_path), tuple((sl.start, sl.stop) for sl in slices))
+    with _block_lock:
+        hit = _block_cache.get(key)
+        if hit is not None:
+            _block_cache.move_to_end(key)
+            return (store, *hit)
+    coords, targets = store.block_samples(slices)  # shared by threads: never written
+    with _block_lock:
+        _block_cache[key] = (coords, targets)
+        while len(_block_cache) > keep:
+            _block_cache.popitem(last=False)
+    return store, coords, targets
+
+
+def clear_block_cache() -> None:
+    """Drop the decoded chunks `draw_chunk` kept in this process."""
+    with _block_lock:
+        _block_cache.clear()
+
+
 def _dtype_name(score_dtype) -> str | None:
     if score_dtype is None:
         return None
@@ -126,15 +161,15 @@ def _dtype_name(score_dtype) -> str | None:
 
 
 def _predict_chunk(ms: ModelState, store_path: str, slices: tuple[slice, ...], *,
-                   score_dtype: str | None, batch: int, device: str):
-    """``(store, predictions, targets)`` of one chunk under the snapshot (cached per worker)."""
+                   score_dtype: str | None, batch: int, device: str, keep: int = 0):
+    """``(store, predictions, targets)`` of one chunk under the snapshot (cached per worker;
+    ``keep``: see `_cached_block`)."""
     import torch
 
     from ..models import predict
 
-    store = _cached_store(store_path)
+    store, coords, targets = _cached_block(store_path, slices, keep)
     model = _cached_model(ms, device)
-    coords, targets = store.block_samples(slices)
     dtype = torch.bfloat16 if _dtype_name(score_dtype) == "bfloat16" else None
     pred = predict(model, torch.from_numpy(coords), batch=batch, dtype=dtype).cpu().numpy()
     return store, pred, targets
@@ -243,7 +278,6 @@ def round_graph(
     batch, device
         Forward batch size and the device the chunk tasks score on.
     """
-    import dask
     from dask.base import tokenize
 
     if split_every < 2:
@@ -272,41 +306,43 @@ def round_graph(
     store_path = os.fspath(store_path)
     name = tokenize(ms.token, os.path.abspath(store_path), slices_list, keeps, merge_k, dtype_name, batch, device)
 
-    # The snapshot enters the graph once, as its own key: distributed ships it to each
-    # worker once rather than embedding ~1 MB in every chunk task.
-    ms_node = dask.delayed(ms, name=f"intstream-model-{ms.token}", traverse=False)
-    level = [
-        dask.delayed(score_chunk, pure=True)(
-            ms_node,
-            store_path,
-            sl,
-            keep,
-            chunk_id=i,
-            score_dtype=dtype_name,
-            batch=batch,
-            device=device,
-            dask_key_name=f"intstream-score-{name}-{i}",
-        )
-        for i, (sl, keep) in enumerate(zip(slices_list, keeps))
-    ]
-    return _tree(level, _combine, (merge_k,), split_every, f"intstream-topk-{name}")
+    leaves = [partial(score_chunk, store_path=store_path, slices=sl, k=keep, chunk_id=i, score_dtype=dtype_name,
+                      batch=batch, device=device) for i, (sl, keep) in enumerate(zip(slices_list, keeps))]
+    return _tree(ms, leaves, partial(_combine, k=merge_k), split_every, name, "intstream-score", "intstream-topk")
 
 
-def _tree(level: list, combine, args: tuple, split_every: int, name: str):
-    """A real reduction tree: each node merges at most ``split_every`` children, until one
-    is left (the root always runs, so a one-chunk round is shaped like any other)."""
-    import dask
+def _tree(ms: ModelState, leaves: list, combine, split_every: int, name: str, leaf_prefix: str, node_prefix: str):
+    """A round's graph: one task per chunk (``leaf(ms)``) under a real reduction tree (each
+    node merges at most ``split_every`` children, until one is left; the root always runs,
+    so a one-chunk round is shaped like any other), as a `~dask.delayed.Delayed`.
 
+    Built as a plain task dict whose callables carry their arguments (`functools.partial`):
+    `dask.delayed` calls spent ~0.8 ms per task traversing and tokenising them, more than a
+    32² chunk's scoring. The snapshot enters the graph once, as its own key: distributed
+    ships it to each worker once rather than embedding ~1 MB in every chunk task.
+    """
+    from dask.delayed import Delayed
+
+    if split_every < 2:
+        raise ValueError(f"split_every must be >= 2 (got {split_every})")
+    ms_key = f"intstream-model-{ms.token}"
+    dsk: dict = {ms_key: ms}
+    level = []
+    for i, leaf in enumerate(leaves):
+        key = f"{leaf_prefix}-{name}-{i}"
+        dsk[key] = (leaf, ms_key)
+        level.append(key)
     depth = 0
     while True:
-        level = [
-            dask.delayed(combine, pure=True)(level[i : i + split_every], *args,
-                                             dask_key_name=f"{name}-{depth}-{i // split_every}")
-            for i in range(0, len(level), split_every)
-        ]
+        nodes = []
+        for i in range(0, len(level), split_every):
+            key = f"{node_prefix}-{name}-{depth}-{i // split_every}"
+            dsk[key] = (combine, level[i : i + split_every])
+            nodes.append(key)
+        level = nodes
         depth += 1
         if len(level) == 1:
-            return level[0]
+            return Delayed(level[0], dsk)
 
 
 def round_topk(
@@ -405,32 +441,44 @@ def draw_chunk(
     score_dtype: str | None = None,
     batch: int = 65536,
     device: str = "cpu",
+    keep: int = 0,
 ) -> tuple[Draws, list[dict]]:
     """Score one chunk and draw ``n_draws`` of its samples by importance (leaf of `round_draws`).
 
     Each sample is drawn with probability ``(1 - a) e / sum(e) + a / n`` (``e`` its L1
     error under the snapshot, ``a`` = ``uniform_share``), with replacement, from a NumPy
     generator seeded by ``seed`` (so the draws do not depend on where the task runs).
+    With ``a = 1`` the draws are uniform and the chunk is only read, not scored. ``keep``:
+    this process keeps the last ``keep`` chunks it read decoded (`_cached_block`).
 
     Returns
     -------
     (Draws, [stats])
-        The draws (``chunk`` = ``chunk_id``) and the chunk's error statistics as in `score_chunk`.
+        The draws (``chunk`` = ``chunk_id``) and the chunk's error statistics as in
+        `score_chunk` (with ``a = 1`` only ``chunk`` and ``n``: nothing was scored).
     """
-    store, pred, targets = _predict_chunk(ms, store_path, slices, score_dtype=score_dtype, batch=batch, device=device)
-    err = chunk_error(pred, targets).astype(np.float64)
-    n = err.shape[0]
-    total = float(err.sum())
-    a = float(uniform_share) if total > 0 else 1.0
-    p = (1.0 - a) * err / max(total, 1e-300) + a / n
-    rng = np.random.default_rng(int(seed))
-    local = rng.choice(n, size=int(n_draws), replace=True, p=p / p.sum()) if n_draws else np.empty(0, np.int64)
+    if uniform_share >= 1.0:
+        store, _, targets = _cached_block(store_path, slices, keep)
+        n = targets.shape[0]
+        p = np.full(n, 1.0 / n)
+        stats = {"chunk": int(chunk_id), "n": int(n)}
+        local = np.random.default_rng(int(seed)).integers(0, n, size=int(n_draws))
+    else:
+        store, pred, targets = _predict_chunk(ms, store_path, slices, score_dtype=score_dtype, batch=batch,
+                                              device=device, keep=keep)
+        err = chunk_error(pred, targets).astype(np.float64)
+        n = err.shape[0]
+        total = float(err.sum())
+        a = float(uniform_share) if total > 0 else 1.0
+        p = (1.0 - a) * err / max(total, 1e-300) + a / n
+        stats = {"chunk": int(chunk_id), "n": int(n), "sum": total, "mean": total / n if n else 0.0,
+                 "sq_sum": float(np.square(pred - targets, dtype=np.float64).sum())}
+        rng = np.random.default_rng(int(seed))
+        local = rng.choice(n, size=int(n_draws), replace=True, p=p / p.sum()) if n_draws else np.empty(0, np.int64)
     block_shape = tuple(sl.stop - sl.start for sl in slices)
     glob = tuple(ix + sl.start for ix, sl in zip(np.unravel_index(local, block_shape), slices))
     index = np.ravel_multi_index(glob, store.shape).astype(np.int64) if n_draws else local.astype(np.int64)
     draws = Draws(index, targets[local], p[local], np.full(len(local), chunk_id, np.int64))
-    stats = {"chunk": int(chunk_id), "n": int(n), "sum": total, "mean": total / n if n else 0.0,
-             "sq_sum": float(np.square(pred - targets, dtype=np.float64).sum())}
     return draws, [stats]
 
 
@@ -448,38 +496,39 @@ def round_draws(
     n_draws: Sequence[int],
     seeds: Sequence[int],
     *,
-    uniform_share: float,
+    uniform_share: float | Sequence[float],
     split_every: int = 8,
     score_dtype=None,
     batch: int = 65536,
     device: str = "cpu",
+    keep: int = 0,
     scheduler=None,
     num_workers: int | None = None,
 ) -> tuple[Draws, list[dict]]:
     """Score a round's chunks, each drawing its own samples by error (`draw_chunk`), and
     merge the draws by a tree of ``split_every``-wide concatenations.
 
-    Only the draws and each chunk's error sums leave the chunk tasks. Returns the draws in
-    ``chunk_slices`` order and one statistics dict per chunk (``chunk`` = position in
-    ``chunk_slices``).
+    ``uniform_share`` is one share for every chunk or one per chunk (1 = uniform draws, the
+    chunk read but not scored); ``keep`` the decoded chunks each process keeps for the next
+    rounds (`_cached_block`). Only the draws and each chunk's error sums leave the chunk
+    tasks. Returns the draws in ``chunk_slices`` order and one statistics dict per chunk
+    (``chunk`` = position in ``chunk_slices``).
     """
-    import dask
     from dask.base import tokenize
 
     slices_list = [_normalise_slices(s) for s in chunk_slices]
-    if not slices_list or len(n_draws) != len(slices_list) or len(seeds) != len(slices_list):
-        raise ValueError("round_draws needs one draw count and one seed per chunk, and at least one chunk")
+    shares = np.broadcast_to(np.asarray(uniform_share, dtype=np.float64), (len(slices_list),)).tolist() \
+        if np.ndim(uniform_share) == 0 or len(uniform_share) == len(slices_list) else None
+    if not slices_list or len(n_draws) != len(slices_list) or len(seeds) != len(slices_list) or shares is None:
+        raise ValueError("round_draws needs one draw count, one seed and one uniform share (or a single share) "
+                         "per chunk, and at least one chunk")
     dtype_name = _dtype_name(score_dtype)
     store_path = os.fspath(store_path)
     name = tokenize(ms.token, os.path.abspath(store_path), slices_list, list(n_draws), list(seeds),
-                    uniform_share, dtype_name, batch, device)
-    ms_node = dask.delayed(ms, name=f"intstream-model-{ms.token}", traverse=False)
-    level = [
-        dask.delayed(draw_chunk, pure=True)(
-            ms_node, store_path, sl, int(k), int(seed), uniform_share=float(uniform_share), chunk_id=i,
-            score_dtype=dtype_name, batch=batch, device=device, dask_key_name=f"intstream-draw-{name}-{i}")
-        for i, (sl, k, seed) in enumerate(zip(slices_list, n_draws, seeds))
-    ]
-    graph = _tree(level, _concat_draws, (), split_every, f"intstream-draws-{name}")
+                    shares, dtype_name, batch, device)
+    leaves = [partial(draw_chunk, store_path=store_path, slices=sl, n_draws=int(k), seed=int(seed), uniform_share=a,
+                      chunk_id=i, score_dtype=dtype_name, batch=batch, device=device, keep=int(keep))
+              for i, (sl, k, seed, a) in enumerate(zip(slices_list, n_draws, seeds, shares))]
+    graph = _tree(ms, leaves, _concat_draws, split_every, name, "intstream-draw", "intstream-draws")
     draws, stats = _compute(graph, scheduler, num_workers)
     return draws, sorted(stats, key=lambda s: s["chunk"])
