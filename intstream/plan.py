@@ -306,11 +306,9 @@ def plan_fit(
     g = max(1, min(int(g), n_chunks))
     # Samples a round draws: what the draws' share holds, at least one micro-batch.
     probe = _round_bytes(strategy, weighting, n=n, ndim=d, channels=c, chunk_samples=chunk_samples,
-                         n_chunks=n_chunks, round_chunks=g, round_samples=1 << 20, ratio_max=ratio_max)["round"]
-    per_sample = max(1, probe / (1 << 20))
-    cache = _round_bytes(strategy, weighting, n=n, ndim=d, channels=c, chunk_samples=chunk_samples,
-                         n_chunks=n_chunks, round_chunks=g, round_samples=0, ratio_max=ratio_max).get("cache", 0)
-    draw_share = share - cache  # what the chunk cache leaves to the draws
+                         n_chunks=n_chunks, round_chunks=g, round_samples=1 << 20, ratio_max=ratio_max)
+    per_sample = max(1, probe["round"] / (1 << 20))
+    draw_share = share - probe.get("cache", 0)  # what the chunk cache leaves to the draws
     round_samples = int(max(MIN_BATCH, min(k_max, draw_share // per_sample if draw_share > 0 else 0)))
     if strategy == "full":
         round_samples = n

@@ -280,8 +280,6 @@ def round_graph(
     """
     from dask.base import tokenize
 
-    if split_every < 2:
-        raise ValueError(f"split_every must be >= 2 (got {split_every})")
     slices_list = [_normalise_slices(s) for s in chunk_slices]
     if not slices_list:
         raise ValueError("a round needs at least one chunk")
