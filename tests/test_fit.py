@@ -340,3 +340,19 @@ def test_fit_refuses_an_incomplete_store(tmp_path):
     r = CliRunner().invoke(main, ["fit", str(store), "-o", str(tmp_path / "run"), "--steps", "2"])
     assert r.exit_code == 2
     assert "incomplete" in r.output and not (tmp_path / "run").exists()
+
+
+def test_out_of_core_resume_from_an_older_round_format_redraws(big_store):
+    """A checkpoint written before rounds had per-chunk shares (its plan has ``q``, no
+    ``expect``/``shares``) resumes without error: its round is drawn anew at the next step."""
+    store = open_store(big_store)
+    model = build_model(ModelConfig(2, 3, width=32, depth=3))
+    t = _rounds("intstream", store, 100)
+    t.batch(0, model)
+    state = t.state_dict()
+    plan = state["current"]["plan"]
+    plan["q"] = plan.pop("expect")
+    del plan["shares"]
+    fresh = _rounds("intstream", store, 100)
+    fresh.load_state_dict(state)
+    assert fresh.current is None and fresh.batch(1, model).selected

@@ -332,19 +332,23 @@ class ImportanceRounds(_Rounds):
 
     def load_state_dict(self, state: dict) -> None:
         self._load_stats(state)
-        cur = state["current"]
-        self.current = None if cur is None else (
-            *(t.to(self.device) for t in cur["tensors"]), _plan_from(cur["plan"]))
-        pending = state["pending"]
-        if pending is not None and self._pool is not None:
-            self._submit(_plan_from(pending["plan"]), model_state(self.model_cfg, pending["state"]))
+        cur, pending = state["current"], state["pending"]
+        plan = None if cur is None else _plan_from(cur["plan"])
+        # A round of an older checkpoint (no per-chunk shares) is drawn anew at the next step.
+        self.current = None if plan is None else (*(t.to(self.device) for t in cur["tensors"]), plan)
+        plan = None if pending is None else _plan_from(pending["plan"])
+        if plan is not None and self._pool is not None:
+            self._submit(plan, model_state(self.model_cfg, pending["state"]))
 
 
 def _plan_state(plan: _Plan) -> dict:
     return {f: torch.from_numpy(np.asarray(getattr(plan, f)).copy()) for f in _Plan._fields}
 
 
-def _plan_from(state: dict) -> _Plan:
+def _plan_from(state: dict) -> _Plan | None:
+    """The saved plan, or None for one saved before its fields were these."""
+    if any(f not in state for f in _Plan._fields):
+        return None
     return _Plan(*(state[f].numpy().copy() for f in _Plan._fields))
 
 
