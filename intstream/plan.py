@@ -354,9 +354,9 @@ def plan_for_store(budget: int, store, *, model_cfg, params: int, teacher_cfg, t
     """`plan_fit` for a `SignalStore`, a `ModelConfig` and a `TeacherConfig`."""
     import numpy as np
 
-    from .teach.schedules import ratio_at
+    from .teach.schedules import ratio_max as largest_ratio
 
-    ratio_max = ratio_at(teacher_cfg.ratio_schedule, max(0, total_steps - 1), max(1, total_steps), teacher_cfg.ratio)
+    ratio_max = largest_ratio(teacher_cfg.ratio_schedule, total_steps, teacher_cfg.ratio)
     return plan_fit(
         budget, n_samples=store.n_samples, ndim=store.ndim, channels=store.channels,
         itemsize=np.dtype(store.meta["dtype"]).itemsize, chunk_samples=math.prod(store.chunks),

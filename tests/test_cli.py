@@ -131,3 +131,17 @@ def test_debug_shows_traceback(tmp_path):
     assert r.exit_code == 2 and "Traceback" in r.stderr
     r = CliRunner().invoke(main, ["ingest", str(tmp_path / "none.png"), "-o", str(tmp_path / "x.zarr")])
     assert "Traceback" not in r.stderr
+
+
+def test_fit_takes_a_decaying_ratio_schedule(tmp_path):
+    """--ratio-schedule decay:F reaches the teacher and its config file (no Choice list to retype)."""
+    from intstream.checkpoint import CONFIG_NAME
+
+    np.save(tmp_path / "v.npy", np.random.default_rng(0).random((16, 16, 1), np.float32))
+    runner = CliRunner()
+    assert runner.invoke(main, ["ingest", str(tmp_path / "v.npy"), "-o", str(tmp_path / "v.zarr")]).exit_code == 0
+    r = runner.invoke(main, ["fit", str(tmp_path / "v.zarr"), "-o", str(tmp_path / "v.run"), "--steps", "20",
+                             "--width", "16", "--depth", "2", "--ratio-schedule", "decay:0.25"])
+    assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "v.run" / CONFIG_NAME).read_text())
+    assert saved["teacher"]["ratio_schedule"] == "decay:0.25"

@@ -70,6 +70,30 @@ def test_int_selects_the_topk_of_the_current_error(kodak_crop):
     assert not teacher.batch(26, model).selected
 
 
+def test_decaying_ratio_starts_full_batch_and_its_steps_refresh_every_estimate(kodak_crop):
+    """decay:F: every sample at first (no scoring, no weights), its forwards filling the
+    pool's error cache, then importance draws of r0 N from those estimates by F T."""
+    store = open_store(kodak_crop)
+    coords, targets = (torch.from_numpy(a) for a in store.load_all())
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(in_dim=2, out_dim=3, width=16, depth=2))
+    cfg = resolve_teacher("intstream", ratio_schedule="decay:0.1", pool=0.125, interval_schedule="fixed:1")
+    teacher = InCoreTeacher(cfg, coords, targets, 100, torch.Generator().manual_seed(0))
+    b = teacher.batch(0, model)
+    (x, y, w), = b.parts
+    assert b.n == coords.shape[0] and w is None and teacher.index is None
+    assert torch.isinf(teacher.cache).all()  # no scoring forward on a full-batch step
+    with torch.no_grad():
+        pred = model(x)
+    teacher.observe(pred)
+    np.testing.assert_allclose(teacher.cache.numpy(), (pred - targets).abs().sum(1).numpy(), rtol=1e-6)
+    assert 0.2 < b.ratio == 1.0
+    half = teacher.batch(5, model)  # halfway down: r = 0.2 + 0.8 / 2
+    assert half.n == int(0.6 * coords.shape[0]) and half.parts[0][2] is not None
+    late = teacher.batch(10, model)
+    assert late.n == int(0.2 * coords.shape[0]) and late.ratio == pytest.approx(0.2, abs=1e-3)
+
+
 def test_paper_defaults_are_resolved():
     cfg = resolve_teacher("int")
     assert (cfg.ratio, cfg.ratio_schedule, cfg.interval_schedule, cfg.random_share) == (0.2, "step", "incremental", 0.0)

@@ -191,6 +191,8 @@ def _bad_fit_cases():
     cases = [
         (["--interval-schedule", "bogus"], "--interval-schedule"),
         (["--interval-schedule", "fixed:0"], "--interval-schedule"),
+        (["--ratio-schedule", "decay:2"], "--ratio-schedule"),
+        (["--ratio-schedule", "cosin"], "--ratio-schedule"),
         (["--steps", "0"], "--steps"),
         (["--lr", "nan"], "--lr"),
         (["--memory-budget", "1K"], "--memory-budget"),  # no memory plan fits

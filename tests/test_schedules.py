@@ -9,6 +9,7 @@ from intstream.teach.schedules import (
     is_selection_step,
     parse_interval,
     ratio_at,
+    ratio_max,
     select_count,
     selection_steps,
 )
@@ -44,6 +45,21 @@ def test_other_ratios():
             ratio_at(bad, 0, T)
     with pytest.raises(ValueError):
         ratio_at("step", -1, T)
+
+
+def test_decay_ratio_is_a_full_batch_warm_start():
+    assert ratio_at("decay:0.1", 0, T) == 1.0
+    assert ratio_at("decay:0.1", 250, T) == pytest.approx(0.6)
+    assert ratio_at("decay:0.1", 500, T) == pytest.approx(0.2)
+    assert ratio_at("decay:0.1", T - 1, T, r0=0.3) == pytest.approx(0.3)
+    assert ratio_at("decay:1", T // 2, T) == pytest.approx(0.6)
+    # The memory plan sizes for the largest selection: the first step's here, the last one's otherwise.
+    assert ratio_max("decay:0.05", T, 0.2) == 1.0
+    assert ratio_max("step", T, 0.2) == pytest.approx(0.92)
+    assert ratio_max("constant", T, 0.2) == 0.2
+    for bad in ("decay:0", "decay:1.5", "decay:", "decay:x", "decay:nan"):
+        with pytest.raises(ValueError, match="decay:F"):
+            ratio_at(bad, 0, T)
 
 
 def test_select_count():

@@ -52,6 +52,18 @@ def _check_interval(ctx, param, value):
     return value
 
 
+def _check_ratio_schedule(ctx, param, value):
+    if value is None:
+        return None
+    from intstream.teach.schedules import ratio_at
+
+    try:
+        ratio_at(value, 0, 10)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+    return value
+
+
 @click.command(cls=Command, epilog=_teacher_presets())
 @click.argument("store", required=False)
 @options.output("Run directory (default: <store name>.run in the current folder).")
@@ -59,7 +71,9 @@ def _check_interval(ctx, param, value):
 @click.option("--strategy", type=click.Choice(STRATEGIES), default="intstream", show_default=True,
               help="Teacher: intstream (default, measured best), int (the paper's), full, random.")
 @click.option("--ratio", type=options.FiniteFloat(0, 1, min_open=True), help="Initial selected fraction r0 (paper: 0.2).")
-@click.option("--ratio-schedule", type=click.Choice(["constant", "linear", "step", "cosine"]), help="How the ratio grows.")
+@click.option("--ratio-schedule", callback=_check_ratio_schedule,
+              help="How the ratio moves: constant, linear, step, cosine (rising to 1) or decay:F "
+                   "(every sample at first, down to r0 by F·T: a full-batch warm start).")
 @click.option("--interval-schedule", callback=_check_interval, help="Reselection interval: dense, incremental or fixed:N.")
 @click.option("--random-share", type=options.FiniteFloat(0, 1), help="Share of each selection drawn at random.")
 @click.option("--score-dtype", type=click.Choice(["float32", "bfloat16"]), help="Precision of the scoring forward.")

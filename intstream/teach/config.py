@@ -44,7 +44,9 @@ class TeacherConfig:
     ratio
         r0, the selected fraction at the start (the paper: 0.2).
     ratio_schedule
-        ``constant``, ``linear``, ``step`` (the paper) or ``cosine``.
+        ``constant``, ``linear``, ``step`` (the paper), ``cosine`` or ``decay:F`` (every
+        sample at first, down to ``ratio`` by ``F T``: a full-batch warm start whose
+        forwards fill the error estimates).
     interval_schedule
         ``dense``, ``incremental`` (the paper) or ``fixed:N``.
     random_share

@@ -162,7 +162,11 @@ class InCoreTeacher:
 
     def observe(self, pred: torch.Tensor) -> None:
         """The training forward's predictions for the current batch: free error estimates."""
-        if self.cache is not None and self.index is not None:
+        if self.cache is None:
+            return
+        if self.index is None:  # a full-batch step (a decaying ratio's start) refreshes every estimate
+            self.cache = (pred.detach() - self.targets).abs().sum(dim=1)
+        else:
             self.cache[self.index] = (pred.detach() - self.targets[self.index]).abs().sum(dim=1)
 
     def state_dict(self) -> dict:

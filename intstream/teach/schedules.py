@@ -11,6 +11,8 @@ ratio          r(t), ``0 <= t < T``
 ``linear``     ``r0 + (1 - r0) t / T``
 ``step``       ``min(r0 + ⌊t / (T/10)⌋ (1 - r0) / 10, 1)``: 0.20, 0.28, … 0.92
 ``cosine``     ``r0 + (1 - r0) (1 - cos(π t / T)) / 2``
+``decay:F``    ``r0 + (1 - r0) max(0, 1 - t / (F T))``: every sample at first, down
+               to r0 by ``F T`` (a full-batch warm start, ``0 < F <= 1``)
 =============  ==============================================================
 
 Interval schedules: ``dense`` (select every step), ``fixed:N`` (every N steps) and
@@ -32,6 +34,7 @@ __all__ = [
     "INCREMENTAL_INTERVALS",
     "IntervalSchedule",
     "ratio_at",
+    "ratio_max",
     "select_count",
     "parse_interval",
     "interval_at",
@@ -39,7 +42,7 @@ __all__ = [
     "selection_steps",
 ]
 
-RATIO_SCHEDULES = ("constant", "linear", "step", "cosine")
+RATIO_SCHEDULES = ("constant", "linear", "step", "cosine", "decay:F")
 INTERVAL_SCHEDULES = ("dense", "incremental", "fixed:N")
 # The paper's incremental phases after the dense first quarter.
 INCREMENTAL_INTERVALS = (10, 20, 30, 40, 50)
@@ -70,6 +73,12 @@ def ratio_at(schedule: str, step: int, total_steps: int, r0: float = 0.2) -> flo
     float
         The ratio in ``[r0, 1]``.
     """
+    if isinstance(schedule, str) and schedule.startswith("decay:"):
+        fraction = _decay_fraction(schedule)
+        _check_steps(step, total_steps)
+        if not 0.0 < r0 <= 1.0:
+            raise ValueError(f"r0 must be in (0, 1] (got {r0})")
+        return r0 + (1.0 - r0) * max(0.0, 1.0 - step / (fraction * total_steps))
     _check_steps(step, total_steps)
     if not 0.0 < r0 <= 1.0:
         raise ValueError(f"r0 must be in (0, 1] (got {r0})")
@@ -84,6 +93,22 @@ def ratio_at(schedule: str, step: int, total_steps: int, r0: float = 0.2) -> flo
     if schedule == "cosine":
         return min(r0 + (1.0 - r0) * 0.5 * (1.0 - math.cos(math.pi * t / total_steps)), 1.0)
     raise ValueError(f"unknown ratio schedule {schedule!r} (expected one of {', '.join(RATIO_SCHEDULES)})")
+
+
+def _decay_fraction(schedule: str) -> float:
+    try:
+        fraction = float(schedule[len("decay:"):])
+    except ValueError:
+        fraction = float("nan")
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"bad ratio schedule {schedule!r}: 'decay:F' needs a fraction 0 < F <= 1")
+    return fraction
+
+
+def ratio_max(schedule: str, total_steps: int, r0: float) -> float:
+    """The largest ratio a run of ``total_steps`` selects (at its first or last step)."""
+    total_steps = max(1, total_steps)
+    return max(ratio_at(schedule, 0, total_steps, r0), ratio_at(schedule, total_steps - 1, total_steps, r0))
 
 
 def select_count(ratio: float, n: int) -> int:
