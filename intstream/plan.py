@@ -354,15 +354,15 @@ def plan_for_store(budget: int, store, *, model_cfg, params: int, teacher_cfg, t
     """`plan_fit` for a `SignalStore`, a `ModelConfig` and a `TeacherConfig`."""
     import numpy as np
 
-    from .teach.schedules import ratio_max as largest_ratio
+    from .teach.schedules import ratio_max
 
-    ratio_max = largest_ratio(teacher_cfg.ratio_schedule, total_steps, teacher_cfg.ratio)
     return plan_fit(
         budget, n_samples=store.n_samples, ndim=store.ndim, channels=store.channels,
         itemsize=np.dtype(store.meta["dtype"]).itemsize, chunk_samples=math.prod(store.chunks),
         n_chunks=len(store.chunk_slices()), width=model_cfg.width, depth=model_cfg.depth, params=params,
         strategy=teacher_cfg.strategy, weighting=teacher_cfg.weighting, pool=teacher_cfg.pool,
-        ratio_max=1.0 if teacher_cfg.strategy == "full" else ratio_max, out_of_core=out_of_core,
+        ratio_max=1.0 if teacher_cfg.strategy == "full" else ratio_max(teacher_cfg.ratio_schedule, total_steps, teacher_cfg.ratio),
+        out_of_core=out_of_core,
         round_chunks=round_chunks, threads=threads, tiled=getattr(model_cfg, "model", "single") == "tiled")
 
 

@@ -7,6 +7,7 @@ import sys
 import click
 
 from intstream.teach.config import STRATEGIES
+from intstream.teach.schedules import parse_interval, ratio_at
 from intstream.models.sizing import MODEL_CHOICES, TILED_DEFAULTS
 
 from . import Command, options
@@ -40,28 +41,21 @@ def _teacher_presets() -> str:
     return "\n".join(lines)
 
 
-def _check_interval(ctx, param, value):
-    if value is None:
-        return None
-    from intstream.teach.schedules import parse_interval
+def _checked_by(validate):
+    """A click callback: ``validate(value)``'s ValueError becomes a BadParameter (exit 2)."""
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        try:
+            validate(value)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc)) from None
+        return value
+    return callback
 
-    try:
-        parse_interval(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
 
-
-def _check_ratio_schedule(ctx, param, value):
-    if value is None:
-        return None
-    from intstream.teach.schedules import ratio_at
-
-    try:
-        ratio_at(value, 0, 10)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
-    return value
+_check_interval = _checked_by(parse_interval)
+_check_ratio_schedule = _checked_by(lambda value: ratio_at(value, 0, 10))
 
 
 @click.command(cls=Command, epilog=_teacher_presets())

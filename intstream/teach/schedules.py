@@ -73,12 +73,6 @@ def ratio_at(schedule: str, step: int, total_steps: int, r0: float = 0.2) -> flo
     float
         The ratio in ``[r0, 1]``.
     """
-    if isinstance(schedule, str) and schedule.startswith("decay:"):
-        fraction = _decay_fraction(schedule)
-        _check_steps(step, total_steps)
-        if not 0.0 < r0 <= 1.0:
-            raise ValueError(f"r0 must be in (0, 1] (got {r0})")
-        return r0 + (1.0 - r0) * max(0.0, 1.0 - step / (fraction * total_steps))
     _check_steps(step, total_steps)
     if not 0.0 < r0 <= 1.0:
         raise ValueError(f"r0 must be in (0, 1] (got {r0})")
@@ -92,6 +86,8 @@ def ratio_at(schedule: str, step: int, total_steps: int, r0: float = 0.2) -> flo
         return min(r0 + (10 * t // total_steps) * (1.0 - r0) / 10.0, 1.0)
     if schedule == "cosine":
         return min(r0 + (1.0 - r0) * 0.5 * (1.0 - math.cos(math.pi * t / total_steps)), 1.0)
+    if isinstance(schedule, str) and schedule.startswith("decay:"):
+        return r0 + (1.0 - r0) * max(0.0, 1.0 - t / (_decay_fraction(schedule) * total_steps))
     raise ValueError(f"unknown ratio schedule {schedule!r} (expected one of {', '.join(RATIO_SCHEDULES)})")
 
 
