@@ -279,6 +279,7 @@ def kodak_mosaic(edge: int, out: Path, tile: int = 256) -> Path:
     from PIL import Image
 
     images = [np.asarray(Image.open(DATA / "kodak" / f"kodim{i:02d}.png").convert("RGB")) for i in range(1, 13)]
+    tile = min(tile, edge)  # a smoke-sized mosaic smaller than one crop is one crop
     n = edge // tile
     canvas = np.zeros((n * tile, n * tile, 3), np.uint8)
     for j in range(n * n):

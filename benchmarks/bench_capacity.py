@@ -10,11 +10,16 @@ has, recorded with ``uptime`` beside every table):
   mosaic of Kodak crops, through `intstream.fit.fit` with the default teacher; PSNR by
   `intstream.evaluate.evaluate` on the exported float16 weights; the seam check (PSNR
   over the 2-sample band along tile borders vs the interior) on the tiled model.
+- ``growth``: the same mosaic mirror-tiled to 1, 4, 16 and 64 MP, each fitted by the CLI
+  forced out of core at one ``--memory-budget`` with the same capacity, ratio and steps
+  (so the same passes over the signal): PSNR by eval, time per trained sample and the fit
+  process's peak RSS against the size.
 - ``rate``: ``--capacity`` sweep of the tiled model (fixed time each) -> bytes (float16,
   int8), bpp and PSNR, beside JPEG and WebP (Pillow) at the same bytes.
 
     python benchmarks/bench_capacity.py                       # every section, results/capacity.md
     python benchmarks/bench_capacity.py --section equal --time-budget 180
+    python benchmarks/bench_capacity.py --section growth --growth-edges 1024 2048 4096
     python benchmarks/bench_capacity.py --smoke               # seconds, for CI
 """
 
@@ -25,6 +30,7 @@ import io
 import json
 import math
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -142,7 +148,8 @@ def seams(weights: str, store_path: str) -> dict:
     store = open_store(store_path)
     coords, targets = store.load_all()
     pred = predict(model, torch.from_numpy(coords)).numpy()
-    err = ((pred - targets) ** 2).mean(1).reshape(store.shape)
+    # on the signal's [0, 1] scale, as eval reports (targets span w.norm.span)
+    err = ((pred - targets) ** 2).mean(1).reshape(store.shape) / w.norm.span**2
     masks = []
     for a, n in enumerate(store.shape):
         q = np.arange(n) + 0.5
@@ -171,6 +178,66 @@ def section_equal(work: Path, args) -> tuple[list[dict], list[dict]]:
         if model == "tiled":
             seam = [{"model": "tiled", **seams(r["weights"], store)}]
     return rows, seam
+
+
+# -- growth: quality, time per sample and memory as the signal grows ------------------------
+
+
+def mirrored_mosaic(base: np.ndarray, edge: int, out: Path) -> Path:
+    """``base`` (a Kodak crop mosaic) mirror-tiled to ``edge``², as a tiled TIFF: every size
+    holds the same content (flipped copies), so a PSNR that falls with size is the model's."""
+    import tifffile
+
+    reps = edge // base.shape[0]
+    canvas = np.empty((edge, edge, 3), np.uint8)
+    b = base.shape[0]
+    for r in range(reps):
+        for c in range(reps):
+            t = base[::-1] if r % 2 else base
+            canvas[r * b : (r + 1) * b, c * b : (c + 1) * b] = t[:, ::-1] if c % 2 else t
+    tifffile.imwrite(out, canvas, tile=(256, 256), photometric="rgb")
+    return out
+
+
+def section_growth(work: Path, args) -> list[dict]:
+    """Each size fitted by the CLI in its own process, forced out of core at one budget,
+    the same tiled model per tile, ratio and steps: every tile trains on the same samples
+    per step for the same steps, so samples per signal sample are fixed (checked from
+    fit's ``samples_trained``)."""
+    from _common import intstream_cmd, manifest_of, peak_rss_of
+
+    cli = intstream_cmd()
+    base_png = kodak_mosaic(args.growth_edges[0], work / "growth_base.png")
+    base = np.asarray(Image.open(base_png).convert("RGB"))
+    rows = []
+    for edge in args.growth_edges:
+        src = mirrored_mosaic(base, edge, work / f"growth_{edge}.tif")
+        store, run, w = work / f"growth_{edge}.zarr", work / f"growth_{edge}.run", work / f"growth_{edge}.safetensors"
+        peak_rss_of(cli + ["ingest", str(src), "-o", str(store), "--overwrite", "-q"])
+        src.unlink()
+        sec, rss, proc = peak_rss_of(cli + [
+            "fit", str(store), "-o", str(run), "--overwrite", "-q", "--model", "tiled", "--capacity", str(args.growth_capacity),
+            "--ratio", str(args.growth_ratio), "--steps", str(args.growth_steps), "--out-of-core",
+            "--memory-budget", args.growth_budget, "--log-every", str(args.growth_steps)])
+        m = manifest_of(proc)
+        plan = json.loads((run / "config.json").read_text())["plan"]
+        peak_rss_of(cli + ["export-weights", str(run), "-o", str(w), "--dtype", "float16", "--overwrite", "-q"])
+        esec, erss, eproc = peak_rss_of(cli + ["eval", str(w), "--metrics", "psnr", "-q"])
+        ev = manifest_of(eproc)
+        n = edge * edge
+        rows.append({
+            "MP": round(n / 2**20, 2), "edge": edge, "params": m["params"], "steps": m["steps"],
+            "samples/step": m["samples_trained"] // max(1, m["steps"]), "round samples (plan)": plan["round_samples"],
+            "passes": round(m["samples_trained"] / n, 2), "train s": round(m["train_seconds"], 1),
+            "µs / sample trained": round(1e6 * m["train_seconds"] / m["samples_trained"], 3),
+            "fit wall s": round(sec, 1), "fit peak RSS MiB": round(rss), "budget": args.growth_budget,
+            "PSNR (eval)": round(ev["metrics"]["psnr"], 2), "estimate": None if m["train_psnr"] is None else round(m["train_psnr"], 2),
+            "eval s": round(esec, 1), "eval peak RSS MiB": round(erss), "load": load()})
+        progress(f"growth {edge}: {rows[-1]}")
+        for p in (store, run):
+            shutil.rmtree(p, ignore_errors=True)
+        w.unlink()
+    return rows
 
 
 # -- rate / quality --------------------------------------------------------------------------
@@ -220,12 +287,19 @@ def section_rate(work: Path, args) -> list[dict]:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--section", action="append", choices=["defaults", "equal", "rate"])
+    ap.add_argument("--section", action="append", choices=["defaults", "equal", "growth", "rate"])
     ap.add_argument("--edge", type=int, default=1024, help="mosaic edge for equal/rate")
     ap.add_argument("--capacity", type=float, default=0.19, help="params per value for equal (0.19: the DESIGN prototype's 590k)")
     ap.add_argument("--time-budget", type=float, default=180.0, help="training seconds per model in equal")
     ap.add_argument("--rate-capacities", type=float, nargs="+", default=[0.02, 0.05, 0.1, 0.2, 0.5])
     ap.add_argument("--rate-time", type=float, default=90.0)
+    ap.add_argument("--growth-edges", type=int, nargs="+", default=[1024, 2048, 4096, 8192],
+                    help="growth: mosaic edges (1, 4, 16, 64 MP), each a multiple of the first")
+    ap.add_argument("--growth-capacity", type=float, default=0.2)
+    ap.add_argument("--growth-ratio", type=float, default=0.04,
+                    help="growth: selected share per step, small enough that the largest size's round holds it")
+    ap.add_argument("--growth-steps", type=int, default=500, help="growth: steps (passes = steps x ratio)")
+    ap.add_argument("--growth-budget", default="4G")
     ap.add_argument("--sweep-edge", type=int, default=256)
     ap.add_argument("--sweep-steps", type=int, default=300)
     ap.add_argument("--smoke", action="store_true")
@@ -234,31 +308,40 @@ def main(argv=None) -> int:
     if args.smoke:
         args.edge, args.time_budget, args.rate_time, args.rate_capacities = 128, 3.0, 2.0, [0.2]
         args.sweep_edge, args.sweep_steps = 64, 5
-    sections = args.section or ["defaults", "equal", "rate"]
+        args.growth_edges, args.growth_steps, args.growth_ratio, args.growth_budget = [64, 128], 4, 0.2, "1G"
+    sections = args.section or ["defaults", "equal", "growth", "rate"]
     out = results_path(args.out, "capacity", args.smoke)
     parts = [f"## Capacity: the tiled SIREN bank vs one SIREN\n\n{time.strftime('%Y-%m-%d %H:%M')} on {machine()}; "
              f"start {load()}\n\nCommand: `python benchmarks/bench_capacity.py {' '.join(argv or sys.argv[1:])}`\n"]
+    found: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory(prefix="bench_capacity_") as tmp:
         work = Path(tmp)
         if "defaults" in sections:
-            rows = section_defaults(work, args)
+            rows = found["defaults"] = section_defaults(work, args)
             parts.append(f"### Defaults sweep ({args.sweep_edge}² Kodak mosaic, {args.sweep_steps} steps, uniform 25% "
                          f"batches, 1 thread; one knob varied from the defaults at a time; CPU seconds)\n\n"
                          + markdown(rows) + f"\n{load()}\n")
         if "equal" in sections:
-            rows, seam = section_equal(work, args)
+            rows, seam = found["equal"], found["seams"] = section_equal(work, args)
             parts.append(f"### Equal parameters, equal time ({args.edge}² Kodak mosaic, capacity {args.capacity}, "
                          f"{args.time_budget:g} s of training each, default teacher; PSNR by eval)\n\n"
                          + markdown(rows) + "\nSeams (tiled model; band = 2 samples each side of a tile border):\n\n"
                          + markdown(seam) + f"\n{load()}\n")
+        if "growth" in sections:
+            rows = found["growth"] = section_growth(work, args)
+            parts.append(f"### Growth ({'/'.join(str(e) for e in args.growth_edges)}² mirror-tiled copies of one Kodak "
+                         f"mosaic; tiled, capacity {args.growth_capacity}, ratio {args.growth_ratio}, "
+                         f"{args.growth_steps} steps, forced out of core at --memory-budget {args.growth_budget}; "
+                         f"PSNR by eval of the float16 weights)\n\n" + markdown(rows) + f"\n{load()}\n")
         if "rate" in sections:
-            rows = section_rate(work, args)
+            rows = found["rate"] = section_rate(work, args)
             parts.append(f"### Rate / quality ({args.edge}² Kodak mosaic, tiled, {args.rate_time:g} s each; JPEG/WebP "
                          f"by Pillow at the largest quality within the same bytes)\n\n" + markdown(rows) + f"\n{load()}\n")
     text = "\n".join(parts)
     print(text)
     if out is not None:
         out.with_suffix(".md").write_text(text)
+        out.with_suffix(".json").write_text(json.dumps(found, indent=1))
     return 0
 
 

@@ -322,8 +322,10 @@ def fit(
 
     Times and rates are this process's: ``time_budget`` counts this process's training
     seconds (a resumed job has a fresh allocation), and ``wall_seconds``,
-    ``steps_per_second``, ``steps_this_process`` and ``train_seconds_this_process`` count
-    this process only; ``train_seconds`` and ``steps`` are the run's totals, and
+    ``steps_per_second``, ``samples_per_second``, ``steps_this_process`` and
+    ``train_seconds_this_process`` count this process only; ``train_seconds``, ``steps``
+    and ``samples_trained`` (samples the optimiser stepped on, repeats counted) are the
+    run's totals, and
     ``resumed_from_step`` is the checkpoint's step (``None`` for a fresh run).
     """
     import torch
@@ -422,7 +424,7 @@ def fit(
     # In core every logged PSNR is over every sample; out of core with --measure-psnr too.
     psnr_measured = cfg.measure_psnr or not teacher.out_of_core
 
-    start, train_seconds, summary_psnr = 0, 0.0, None
+    start, train_seconds, summary_psnr, samples_trained = 0, 0.0, None, 0
     if ck is not None:
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
@@ -438,7 +440,9 @@ def fit(
             T = int(fitted)  # the T this run fitted to its first time budget (sched.T_max holds it too)
         train_seconds = float(ck["summary"]["train_seconds"])
         summary_psnr = ck["summary"].get("train_psnr")
+        samples_trained = ck["summary"].get("samples_trained")  # None: a checkpoint from before the count
     train_seconds_before = train_seconds  # by earlier processes of this run
+    samples_this_process = 0
     rd.truncate_log(start)
     rd.write_text(CONFIG_NAME, json.dumps({"fit": cfg.to_dict(), "teacher": teacher_cfg.to_dict(),
                                                    "model": model_cfg.to_dict(), "store": str(store.path),
@@ -454,7 +458,8 @@ def fit(
             "summary": {"steps": step, "train_seconds": train_seconds, "wall_seconds": time.perf_counter() - t_wall,
                         "train_psnr": psnr, "train_psnr_measured": psnr_measured,
                         "estimated_psnr": estimated_psnr(), "strategy": teacher_cfg.strategy, "total_steps": T,
-                        "out_of_core": out_of_core, "params": count_params(model)},
+                        "out_of_core": out_of_core, "params": count_params(model),
+                        "samples_trained": None if samples_trained is None else samples_trained + samples_this_process},
         })
 
     stop_reason, step, done = None, start, start
@@ -481,6 +486,7 @@ def fit(
             opt.step()
             sched.step()
             train_seconds += time.perf_counter() - t0
+            samples_this_process += batch.n
             done = step + 1
             # PSNR of the weights *before* this update came free with a full selection;
             # otherwise measure the current weights every log_every steps (not timed).
@@ -534,6 +540,10 @@ def fit(
         "resumed_from_step": start if ck is not None else None,
         "steps_this_process": done - start,
         "train_seconds_this_process": round(train_seconds - train_seconds_before, 3),
+        # samples the optimiser stepped on (with repeats): passes over the signal = this / its samples
+        "samples_trained": None if samples_trained is None else samples_trained + samples_this_process,
+        "samples_per_second": (round(samples_this_process / max(train_seconds - train_seconds_before, 1e-9))
+                               if start < T else None),
         "train_psnr": psnr,
         "train_psnr_measured": psnr_measured,
         "params": count_params(model),

@@ -35,6 +35,7 @@ CASES = {
     "bench_outofcore": (["--smoke", "--out", "{out}/outofcore", "--tmp", "{out}"],
                         ["outofcore.md", "outofcore.json", "outofcore.png"]),
     "bench_gpu": (["--smoke", "--device", "cpu", "--out", "{out}/gpu", "--tmp", "{out}"], ["gpu.md", "gpu.json", "gpu.png"]),
+    "bench_capacity": (["--smoke", "--out", "{out}/capacity"], ["capacity.md", "capacity.json"]),
     "bench_memory": (["--smoke", "--out", "{out}/memory", "--tmp", "{out}"], ["memory.md", "memory.json"]),
 }
 

@@ -41,6 +41,13 @@ def _weights(run_dir):
 def test_every_strategy_learns_a_kodak_crop(kodak_crop, tmp_path, strategy):
     m = fit(kodak_crop, tmp_path / "run", FitConfig(steps=200, strategy=strategy, **SMALL))
     assert m["steps"] == 200 and not m["out_of_core"]
+    n = open_store(kodak_crop).n_samples
+    if strategy == "full":
+        assert m["samples_trained"] == 200 * n
+    elif strategy == "intstream":  # a constant 20% selection
+        assert m["samples_trained"] == 200 * int(0.2 * n)
+    else:  # the step schedule's ratios between 0.2 and 1
+        assert 200 * int(0.2 * n) < m["samples_trained"] < 200 * n
     log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(20, 201, 20))
     # A 4x48 SIREN reaches well above the ~11 dB of predicting zeros and keeps improving.
@@ -137,6 +144,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(kodak_crop, tmp_path, stra
     assert cut["interrupted"] == "SIGTERM" and 20 <= cut["steps"] < 120
     resumed = fit(kodak_crop, tmp_path / "cut", cfg, resume=True)
     assert resumed["steps"] == 120
+    # The run's sample count spans both processes; the rate counts this process's only.
+    assert 0 < cut["samples_trained"] < resumed["samples_trained"] == ref["samples_trained"]
+    assert resumed["samples_per_second"] > 0
     ref_w, res_w = _weights(tmp_path / "ref"), _weights(tmp_path / "cut")
     for k in ref_w:
         assert torch.equal(ref_w[k], res_w[k]), k
