@@ -175,8 +175,6 @@ def coder_comparison(run_dir: str, repeats: int = 5) -> str:
     """Symbol bytes of a run's quantised weights: empirical entropy vs ans, zstd, brotli; decode times."""
     import zlib as _zlib
 
-    from numcodecs import Zstd
-
     from intstream.checkpoint import load_checkpoint
     from intstream.export import _code_symbols, _decode_symbols, is_quantised, quantize
 

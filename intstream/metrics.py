@@ -499,7 +499,7 @@ def speech_scores(pred: np.ndarray, target: np.ndarray, sample_rate: int, which=
                 scores[name] = float(np.mean([_stoi(t[:, c], p[:, c], sample_rate, extended=False)
                                               for c in range(p.shape[1])]))
         except ImportError:
-            skipped[name] = f"not installed (pip install 'intstream[audio]')"
+            skipped[name] = "not installed (pip install 'intstream[audio]')"
         except Exception as exc:  # the packages raise on e.g. no utterance detected
             skipped[name] = f"{type(exc).__name__}: {exc}"
     return scores, skipped

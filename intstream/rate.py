@@ -103,7 +103,6 @@ def plan_capacity(meta: dict, target: float, *, dtype: str = PLAN_DTYPE, **model
     channels = int(meta["channels"])
     extent = Normalisation.from_dict(meta["normalisation"]).extent
     budget = target * math.prod(shape) / 8
-    values = math.prod(shape) * channels
 
     def size(capacity: float):
         kw = model_kwargs(meta["kind"], shape, channels, extent, capacity=capacity, **model_opts)

@@ -84,7 +84,6 @@ def test_quantize_per_group_on_2d_and_3d(bits):
         v, scale = quantize(w, bits)
         assert v.shape == w.shape and scale.dtype == np.float16 and scale.shape == (groups,)
         back = dequantize(v, scale)
-        rows = np.moveaxis(w, -1 if w.ndim == 2 else -2, -1).reshape(groups, -1)
         err = np.moveaxis(np.abs(back - w), -1 if w.ndim == 2 else -2, -1).reshape(groups, -1)
         assert np.all(err <= scale.astype(np.float64)[:, None] / 2 + 1e-9)
         vr = np.moveaxis(v, -1 if w.ndim == 2 else -2, -1).reshape(groups, -1)

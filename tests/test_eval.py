@@ -1,7 +1,6 @@
 """eval and decode against whole-signal oracles, for every kind; bad input; plots."""
 
 import json
-import math
 import subprocess
 import sys
 
@@ -20,7 +19,6 @@ from intstream.evaluate import evaluate
 from intstream.export import export_weights, load_weights
 from intstream.ingest import ingest
 from intstream.models import predict
-from intstream.normalize import Normalisation
 from intstream.store import create_store, open_store
 from intstream.testing import make_image_store, train_full_batch, write_png
 
@@ -234,7 +232,7 @@ def sphere_store(path, n=28, r=0.55):
 def sdf(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("sdf")
     store = sphere_store(tmp / "s.zarr")
-    model = make_run(store, tmp / "run", width=32, depth=3, steps=150, lr=1e-3, omega0=10.0)
+    make_run(store, tmp / "run", width=32, depth=3, steps=150, lr=1e-3, omega0=10.0)
     w = tmp / "w.safetensors"
     export_weights(tmp / "run", w, dtype="float16")
     return {"tmp": tmp, "store": store, "model": load_weights(w).model(), "weights": w}
@@ -257,7 +255,7 @@ def test_sdf_iou_chamfer_and_mesh(sdf, suffix):
 
 
 def test_sdf_target_against_itself(sdf, tmp_path):
-    from intstream.metrics import chamfer_distance, iou_from_counts, occupancy_counts
+    from intstream.metrics import iou_from_counts, occupancy_counts
 
     _, y = oracle(sdf["model"], sdf["store"])
     assert iou_from_counts(*occupancy_counts(y, y)) == 1.0

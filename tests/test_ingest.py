@@ -15,7 +15,7 @@ import soundfile as sf
 from click.testing import CliRunner
 from PIL import Image
 
-from intstream import InputError, open_store
+from intstream import open_store
 from intstream.cli import main
 from intstream.ingest import ingest
 from intstream.store import SHARD_ABOVE_CHUNKS

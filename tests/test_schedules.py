@@ -1,7 +1,5 @@
 """Ratio and interval schedules against DESIGN §4."""
 
-import math
-
 import pytest
 
 from intstream.teach.schedules import (

@@ -144,7 +144,7 @@ def upstream(arg: str | None, key: str, *, also: tuple[str, ...] = ()) -> str:
         return arg
     stdin = sys.stdin  # click.get_text_stream is deprecated (click 8.2+); CliRunner swaps sys.stdin too
     if stdin is None or stdin.isatty():
-        raise BadInput(f"no input given and stdin is a terminal (pass a path or pipe an upstream manifest)")
+        raise BadInput("no input given and stdin is a terminal (pass a path or pipe an upstream manifest)")
     lines = [ln for ln in stdin.read().splitlines() if ln.strip()]
     if not lines:
         raise BadInput("no input given and stdin is empty (the upstream stage printed no manifest)")

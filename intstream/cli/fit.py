@@ -30,7 +30,7 @@ def _by_kind(field: str) -> str:
 
 
 def _teacher_presets() -> str:
-    from intstream.teach.config import TeacherConfig, resolve_teacher
+    from intstream.teach.config import resolve_teacher
 
     lines = ["\b", "Teacher presets (what each --strategy runs unless an option overrides it;",
              "pool and weighting have no option: set them in a --config file):"]

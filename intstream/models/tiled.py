@@ -166,7 +166,7 @@ class TiledSiren(nn.Module):
         if band.numel() == 0:
             return sample0, tile0, weight0, local0
         # Band samples: every other combination of (own, neighbour) tile per axis.
-        qb, j0b, dlb, wnb, wob = q[band], j0[band], dl[band], w_nb[band], w_own[band]
+        j0b, dlb, wnb, wob = j0[band], dl[band], w_nb[band], w_own[band]
         step = (right.to(j0.dtype) - left.to(j0.dtype))[band]  # +1 / -1 / 0 per axis
         combos = torch.cartesian_prod(*[torch.tensor([False, True], device=x.device)] * d).reshape(-1, d)[1:]
         bits = combos[None]  # (1, 2^d - 1, d)
