@@ -446,7 +446,8 @@ def fit(
     rd.truncate_log(start)
     rd.write_text(CONFIG_NAME, json.dumps({"fit": cfg.to_dict(), "teacher": teacher_cfg.to_dict(),
                                                    "model": model_cfg.to_dict(), "store": str(store.path),
-                                                   "out_of_core": out_of_core, "plan": plan.to_dict(terms=True)}, indent=1))
+                                                   "out_of_core": out_of_core, "plan": plan.to_dict(terms=True),
+                                                   "score_dtype_runs": _score_dtype_runs(teacher_cfg, device)}, indent=1))
 
     def checkpoint(step: int, psnr: float | None) -> None:
         save_checkpoint(ck_path, {
@@ -550,6 +551,17 @@ def fit(
         "stopped": stop_reason,
         "interrupted": stop_reason if stop_reason in ("SIGTERM", "SIGINT") else None,
     }
+
+
+def _score_dtype_runs(teacher_cfg, device) -> str:
+    """What the scoring forward really runs in here: ``--score-dtype bfloat16`` is float32
+    on devices without native bf16 (`intstream.models.mlp.scoring_dtype`)."""
+    import torch
+
+    from .models.mlp import scoring_dtype
+
+    asked = torch.bfloat16 if teacher_cfg.score_dtype == "bfloat16" else None
+    return "bfloat16" if scoring_dtype(asked, device.type) == torch.bfloat16 else "float32"
 
 
 def _write_teacher_map(rd: RunDir, teacher, model) -> None:

@@ -112,7 +112,7 @@ def test_chunk_quota_and_union(store_path, model):
         round_graph(store_path, chunks, CFG, model.state_dict(), 5, split_every=1)
 
 
-def test_bf16_scoring_close(store_path, model):
+def test_bf16_scoring_close(store_path, model, bf16_scoring):
     store = open_store(store_path)
     err = oracle_errors(store, model)
     cands, stats = round_topk(store_path, store.chunk_slices(), CFG, model.state_dict(), 50, score_dtype="bfloat16")

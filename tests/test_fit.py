@@ -46,6 +46,11 @@ def test_every_strategy_learns_a_kodak_crop(kodak_crop, tmp_path, strategy):
         assert m["samples_trained"] == 200 * n
     elif strategy == "intstream":  # a constant 20% selection
         assert m["samples_trained"] == 200 * int(0.2 * n)
+        # It asks for bf16 scores; what ran depends on whether this CPU has native bf16.
+        from intstream.models.mlp import bf16_native
+
+        ran = json.loads((tmp_path / "run" / "config.json").read_text())["score_dtype_runs"]
+        assert ran == ("bfloat16" if bf16_native("cpu") else "float32")
     else:  # the step schedule's ratios between 0.2 and 1
         assert 200 * int(0.2 * n) < m["samples_trained"] < 200 * n
     log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]

@@ -98,7 +98,7 @@ def test_batched_forward_equals_dense_oracle(grid, tile, overlap):
         assert sample.numel() == x.shape[0]
 
 
-def test_shapes_gradients_and_empty_input():
+def test_shapes_gradients_and_empty_input(bf16_scoring):
     for grid, tile in [((1000,), (100,)), ((64, 48), (16, 16)), ((16, 16, 16), (8, 8, 8))]:
         model = _tiled(grid, tile, out_dim=3)
         x = torch.rand(777, len(grid)) * 2 - 1

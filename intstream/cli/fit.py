@@ -70,7 +70,9 @@ _check_ratio_schedule = _checked_by(lambda value: ratio_at(value, 0, 10))
                    "(every sample at first, down to r0 by F·T: a full-batch warm start).")
 @click.option("--interval-schedule", callback=_check_interval, help="Reselection interval: dense, incremental or fixed:N.")
 @click.option("--random-share", type=options.FiniteFloat(0, 1), help="Share of each selection drawn at random.")
-@click.option("--score-dtype", type=click.Choice(["float32", "bfloat16"]), help="Precision of the scoring forward.")
+@click.option("--score-dtype", type=click.Choice(["float32", "bfloat16"]), help="Precision of the scoring forward: bfloat16 runs where the device computes it natively "
+                   "(CUDA sm80+, CPUs with AVX-512 BF16 or AMX) and float32 elsewhere, where emulated bf16 is slower; "
+                   "config.json's score_dtype_runs says which ran.")
 @click.option("--arch", type=click.Choice(["siren", "fourier"]), default="siren", show_default=True)
 @click.option("--model", type=click.Choice(MODEL_CHOICES), default="auto", show_default=True,
               help="single: one SIREN (the paper's); tiled: a bank of small SIRENs, one per tile, blended "

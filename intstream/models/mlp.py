@@ -32,6 +32,8 @@ __all__ = [
     "build_model",
     "count_params",
     "predict",
+    "scoring_dtype",
+    "bf16_native",
 ]
 
 ARCHS = ("siren", "fourier")
@@ -284,6 +286,35 @@ def _bf16_autocast_ok(device_type: str) -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=None)
+def bf16_native(device_type: str) -> bool:
+    """Whether ``device_type`` computes bf16 matmuls natively, so bf16 scoring saves time.
+
+    Elsewhere autocast still runs in bf16 but emulated, and slower than float32: on an
+    AVX2 CPU (AMD EPYC, torch 2.13) a scoring forward of 262k samples took 0.90 s in bf16
+    against 0.21 s in float32 for the tiled model, 2.29 s against 0.35 s for a 6x64 SIREN.
+    CPUs: AVX-512 BF16 or AMX; CUDA: native bf16 (compute capability 8.0 and later).
+    """
+    if device_type == "cpu":
+        probe = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+        return any(bool(f()) for f in probe if f is not None)
+    if device_type == "cuda":
+        try:
+            return bool(torch.cuda.is_bf16_supported(including_emulation=False))
+        except TypeError:  # older torch: no emulation argument
+            return bool(torch.cuda.is_bf16_supported())
+    return False
+
+
+def scoring_dtype(dtype: torch.dtype | None, device_type: str) -> torch.dtype | None:
+    """The dtype a scoring forward asked for ``dtype`` runs in on ``device_type``:
+    bf16 only where it runs natively (`bf16_native`) and autocast supports it, else None
+    (float32)."""
+    if dtype == torch.bfloat16 and bf16_native(device_type) and _bf16_autocast_ok(device_type):
+        return torch.bfloat16
+    return None
+
+
 def predict(
     model: nn.Module,
     coords: torch.Tensor,
@@ -303,8 +334,8 @@ def predict(
         Samples per forward (bounds the activation memory: ``batch * width * 4`` bytes per layer).
     dtype
         ``None`` for float32; ``torch.bfloat16`` runs under bf16 autocast (for error
-        scoring, ~2x faster on CPUs with AVX-512 BF16), falling back to float32 silently
-        where bf16 autocast is unsupported.
+        scoring) where the device computes bf16 natively, and in float32 elsewhere
+        (`scoring_dtype`: emulated bf16 is 4-6x slower than float32 on an AVX2 CPU).
 
     Returns
     -------
@@ -315,7 +346,7 @@ def predict(
         raise ValueError(f"predict supports dtype None/float32/bfloat16, not {dtype}")
     param = next(iter(model.parameters()), None)
     device = param.device if param is not None else coords.device
-    use_bf16 = dtype == torch.bfloat16 and _bf16_autocast_ok(device.type)
+    use_bf16 = scoring_dtype(dtype, device.type) == torch.bfloat16
     n = coords.shape[0]
     out = None
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
