@@ -170,10 +170,14 @@ def teacher_map(maps: list[tuple[str, np.ndarray]], out: Path) -> Path:
             ax.grid(alpha=0.3)
         fig.tight_layout()
         return _save(fig, out)
-    fig, axes = plt.subplots(1, len(maps), figsize=(4.6 * len(maps), 4.0), squeeze=False)
+    maps = [(title, np.atleast_2d(m)) for title, m in maps]
+    # Each panel as wide as its map's aspect asks (a 16:1 strip is not squeezed into a square
+    # panel), between a third and four times the height.
+    aspect = [min(max(m.shape[1] / m.shape[0], 1 / 3), 4.0) for _, m in maps]
+    fig, axes = plt.subplots(1, len(maps), figsize=(sum(3.6 * a + 1.0 for a in aspect), 4.0), squeeze=False,
+                             gridspec_kw={"width_ratios": aspect})
     for ax, (title, m) in zip(axes[0], maps):
-        m = np.atleast_2d(m)
-        im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", interpolation="nearest")
+        im = ax.imshow(np.ma.masked_invalid(m), cmap="viridis", interpolation="nearest", aspect="auto")
         ax.set_title(title + f" ({m.shape[0]}x{m.shape[1]})", fontsize=9)
         ax.set_axis_off()
         fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)

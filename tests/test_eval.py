@@ -312,6 +312,19 @@ def test_plots_of_a_real_fit_through_the_cli(data_dir, tmp_path):
     check_png(tmp_path / "p" / "teacher.png", (600, 250))
 
 
+def test_teacher_plot_keeps_a_strip_map_wide(tmp_path):
+    """A map 16x wider than tall (a long strip of chunks) gets a wide panel, not a square
+    one that squeezes it to a line."""
+    pytest.importorskip("matplotlib")
+    from intstream import plots
+
+    rng = np.random.default_rng(0)
+    strip, square = rng.random((16, 256)), rng.random((64, 64))
+    w_strip, h_strip = check_png(plots.teacher_map([("strip", strip)], tmp_path / "strip.png"))
+    w_sq, h_sq = check_png(plots.teacher_map([("square", square)], tmp_path / "square.png"))
+    assert w_strip / h_strip > 2.5 * (w_sq / h_sq), (w_strip, h_strip, w_sq, h_sq)
+
+
 def test_cli_modules_do_not_import_torch():
     code = "import sys, intstream.cli.eval, intstream.cli.export_weights; print('torch' in sys.modules, 'dask' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
