@@ -272,7 +272,10 @@ def pyplot():
     return plt
 
 
-def kodak_mosaic(edge: int, out: Path, tile: int = 256) -> Path:
+MOSAIC_CROP = 256  # kodak_mosaic's crop edge
+
+
+def kodak_mosaic(edge: int, out: Path, tile: int = MOSAIC_CROP) -> Path:
     """An ``edge``² RGB PNG tiled with ``tile``² crops of the 12 Kodak images, cycling
     through them (three crop offsets, horizontal/vertical flips) so neighbouring tiles differ."""
     import numpy as np
