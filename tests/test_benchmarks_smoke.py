@@ -24,6 +24,7 @@ CASES = {
                            ["teachers_ooc.md", "teachers_ooc.json"]),
     "bench_teachers:mosaic": (["--smoke", "--mosaic", "512", "--out", "{out}/teachers_mosaic", "--tmp", "{out}"],
                               ["teachers_mosaic.md", "teachers_mosaic.json"]),
+    "bench_early_stop": (["--smoke", "--out", "{out}/early_stop"], ["early_stop.md", "early_stop.json"]),
     "bench_targets": (["--smoke", "--out", "{out}/targets"], ["targets.md", "targets.json"]),
     "bench_ingest": (["--smoke", "--out", "{out}/ingest.md", "--tmp", "{out}"], ["ingest.md"]),
     # No smoke mode: the smallest useful grid instead.
