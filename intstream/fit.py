@@ -71,9 +71,9 @@ class FitConfig:
         Stop after this many seconds of training by this process (checkpoint and report),
         or None. A resumed run gets the full budget again. A fresh run given a budget and
         no ``steps`` fits T to it: after 5% of the budget (and 20 steps) the LR's cosine
-        is moved onto the steps the budget holds at the rate measured so far
-        (`_fit_steps_to_budget`), so the run anneals instead of stopping at a high LR; the
-        checkpoint keeps that T for a resume. Teachers whose schedules depend on T (a
+        is moved onto the steps the budget holds at the rate measured past the first
+        steps' warm-up (`_fit_steps_to_budget`), so the run anneals instead of stopping
+        at a high LR; the checkpoint keeps that T for a resume. Teachers whose schedules depend on T (a
         ``step`` ratio, ``incremental`` intervals) keep the kind's default T.
     target_psnr
         Stop once the training PSNR reaches this (dB), or None.
@@ -464,6 +464,7 @@ def fit(
         })
 
     stop_reason, step, done = None, start, start
+    warm_mark = (start, 0.0)
     last_ck = time.perf_counter()
     psnr = summary_psnr
     with rd.open_append(LOG_NAME) as log, _Stop() as stopper, Progress(T, "fit", enabled=progress, initial=start, unit="step") as bar:
@@ -474,8 +475,10 @@ def fit(
                 s += 1
 
         for step in remaining_steps():
+            if retime_at is not None and step - start == max(1, RETIME_MIN_STEPS // 4):
+                warm_mark = (step, train_seconds)  # the rate is measured from here: past the warm-up
             if retime_at is not None and train_seconds >= retime_at and step - start >= RETIME_MIN_STEPS:
-                T = _fit_steps_to_budget(opt, sched, step, train_seconds, cfg.time_budget)
+                T = _fit_steps_to_budget(opt, sched, step, train_seconds, cfg.time_budget, warm_mark)
                 retime_at = None
                 bar.set_total(T)
             t0 = time.perf_counter()
@@ -624,8 +627,9 @@ def _check_run_dir(run_dir: Path, store: SignalStore) -> None:
 
 
 # --time-budget without --steps: T is refitted once, after this share of the budget (and
-# at least RETIME_MIN_STEPS steps), from the step rate measured so far.
-RETIME_SHARE, RETIME_MIN_STEPS = 0.05, 20
+# at least RETIME_MIN_STEPS steps), from the step rate measured after the first quarter of
+# those steps; T is aimed at RETIME_MARGIN of the remaining budget.
+RETIME_SHARE, RETIME_MIN_STEPS, RETIME_MARGIN = 0.05, 20, 0.97
 
 
 def _schedules_free_of_T(teacher_cfg) -> bool:
@@ -636,12 +640,20 @@ def _schedules_free_of_T(teacher_cfg) -> bool:
     return teacher_cfg.ratio_schedule == "constant" and parse_interval(teacher_cfg.interval_schedule).kind != "incremental"
 
 
-def _fit_steps_to_budget(opt, sched, step: int, seconds: float, budget: float) -> int:
-    """The T whose last step falls at the end of ``budget`` training seconds at the rate
-    measured over the first ``step`` steps (``seconds``), with the LR's cosine moved onto it
-    (`_extend_cosine`), so a run given only a time anneals instead of being cut at a high LR.
-    The rate so far includes the first steps' warm-up, so T errs short, never long."""
-    new_total = max(step + 1, int(step * budget / max(seconds, 1e-9)))
+def _fit_steps_to_budget(opt, sched, step: int, seconds: float, budget: float,
+                         warm_mark: tuple[int, float] = (0, 0.0)) -> int:
+    """The T whose last step falls at the end of ``budget`` training seconds, with the LR's
+    cosine moved onto it (`_extend_cosine`), so a run given only a time anneals instead of
+    being cut at a high LR.
+
+    The remaining seconds are filled at the rate measured since ``warm_mark`` (a step and the
+    training seconds at it, a few steps into the run): the first steps carry the warm-up
+    (thread pools, allocator, a round's first decode), and a rate that counted them left up
+    to a quarter of a short budget unused. RETIME_MARGIN aims a little short; should the
+    rate drop later, a run cut a few steps before its T has its LR within a hair of lr_min."""
+    s0, t0 = warm_mark
+    rate = (step - s0) / max(seconds - t0, 1e-9) if step > s0 and seconds > t0 else step / max(seconds, 1e-9)
+    new_total = max(step + 1, step + int(RETIME_MARGIN * rate * max(budget - seconds, 0.0)))
     _extend_cosine(opt, sched, step, new_total)
     return new_total
 

@@ -206,6 +206,23 @@ def test_time_budget_without_steps_fits_T_and_anneals(kodak_crop, tmp_path, out_
     assert again["total_steps"] == T and again["steps"] == T
 
 
+def test_budget_refit_measures_the_rate_past_the_warm_up():
+    """The first steps' warm-up does not count in the rate T is fitted with: 20 steps in
+    10 s of which the first 5 took 6 s is 3.75 steps/s from there, so 90 s more hold
+    0.97 x 337.5 steps; the LR's cosine moves onto that T."""
+    from intstream.fit import RETIME_MARGIN, _fit_steps_to_budget
+
+    w = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([w], lr=1e-3)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10000, eta_min=1e-6)
+    T = _fit_steps_to_budget(opt, sched, 20, 10.0, 100.0, warm_mark=(5, 6.0))
+    assert T == 20 + int(RETIME_MARGIN * 15 / 4 * 90)
+    assert sched.T_max == T
+    assert opt.param_groups[0]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + np.cos(np.pi * 20 / T)) / 2)
+    # no usable mark (the whole run so far): the plain average rate
+    assert _fit_steps_to_budget(opt, sched, 20, 10.0, 100.0) == 20 + int(RETIME_MARGIN * 2 * 90)
+
+
 @pytest.fixture(scope="module")
 def big_store(tmp_path_factory):
     """A generated 192x256 image in 48x64 chunks (16 chunks), trained out of core."""
