@@ -73,8 +73,8 @@ class FitConfig:
         no ``steps`` fits T to it: after 5% of the budget (and 20 steps) the LR's cosine
         is moved onto the steps the budget holds at the rate measured past the first
         steps' warm-up (`_fit_steps_to_budget`), so the run anneals instead of stopping
-        at a high LR; the checkpoint keeps that T for a resume. Teachers whose schedules depend on T (a
-        ``step`` ratio, ``incremental`` intervals) keep the kind's default T.
+        at a high LR; the checkpoint keeps that T for a resume. Teachers whose schedules
+        depend on T (a ``step`` ratio, ``incremental`` intervals) keep the kind's default T.
     target_psnr
         Stop once the training PSNR reaches this (dB), or None.
     memory_budget
