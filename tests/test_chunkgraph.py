@@ -206,3 +206,33 @@ def test_round_draws_per_chunk_shares_and_block_cache(store_path, model, monkeyp
             np.testing.assert_array_equal(getattr(got, f), getattr(ref, f))
     assert len(reads) == 6, "each kept chunk is read from the store once"
     clear_block_cache()
+
+
+def test_round_draws_fuse_small_chunks_into_one_forward(store_path, model, monkeypatch):
+    """Consecutive chunks under ``batch`` samples share one task and one scoring forward;
+    each still draws from its own seed and errors, so the draws equal one task per chunk."""
+    import intstream.models as models
+    from intstream.teach.graph import round_draws
+
+    store = open_store(store_path)
+    chunks = store.chunk_slices()
+    ms = model_state(CFG, model.state_dict())
+    shares = [(0.5, 1.0, 0.0)[i % 3] for i in range(len(chunks))]
+    args = (store_path, chunks, ms, [30] * len(chunks), list(range(100, 100 + len(chunks))))
+    calls = []
+    real = models.predict
+    monkeypatch.setattr(models, "predict", lambda m, c, **kw: calls.append(len(c)) or real(m, c, **kw))
+    one, one_stats = round_draws(*args, uniform_share=shares, split_every=3, batch=8, scheduler="sync")
+    scored = sum(a < 1 for a in shares)
+    assert len(calls) == scored, "one forward per scored chunk"
+    calls.clear()
+    fused, fused_stats = round_draws(*args, uniform_share=shares, split_every=3, batch=1 << 12, scheduler="sync")
+    assert len(calls) == 1 and calls[0] == sum(store.block_flat_index(sl).size for sl, a in zip(chunks, shares) if a < 1)
+    for f in ("index", "target", "chunk"):
+        np.testing.assert_array_equal(getattr(fused, f), getattr(one, f))
+    np.testing.assert_allclose(fused.p_local, one.p_local, rtol=1e-6)
+    assert [s["chunk"] for s in fused_stats] == list(range(len(chunks)))
+    for a, b in zip(fused_stats, one_stats):
+        assert a.keys() == b.keys() and a["n"] == b["n"]
+        if "sum" in a:
+            assert a["sum"] == pytest.approx(b["sum"], rel=1e-6)
