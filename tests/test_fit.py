@@ -183,7 +183,7 @@ def test_target_psnr_and_time_budget_stop_early(kodak_crop, tmp_path):
 
 @pytest.mark.parametrize("out_of_core", [False, True])
 def test_time_budget_without_steps_fits_T_and_anneals(kodak_crop, tmp_path, out_of_core, monkeypatch):
-    """--time-budget alone: T is refitted once from the measured rate and the LR's cosine
+    """--time-budget alone: T is refitted from the measured rate and the LR's cosine
     follows it to lr_min, in core and in rounds; a resume keeps the fitted T. Checked on the
     logged LR against the cosine of the fitted T, whatever the machine's speed."""
     monkeypatch.setattr(sys.modules["intstream.fit"], "RETIME_MIN_STEPS", 3)  # a loaded CI machine: few steps
@@ -195,7 +195,7 @@ def test_time_budget_without_steps_fits_T_and_anneals(kodak_crop, tmp_path, out_
     assert T != default_T and T > 3
     assert m["stopped"] in (None, "time_budget") and (m["stopped"] or m["steps"] == T)
     log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    late = [r for r in log if r["step"] > 0.5 * T]
+    late = [r for r in log if r["step"] > 0.75 * T]  # past the last refit (at half the budget)
     assert late, "no log lines after the refit"
     for r in late:  # the LR used at the step after r["step"]: the cosine of a T-step run
         want = 1e-6 + (lr0 - 1e-6) * (1 + np.cos(np.pi * r["step"] / T)) / 2
@@ -221,6 +221,29 @@ def test_budget_refit_measures_the_rate_past_the_warm_up():
     assert opt.param_groups[0]["lr"] == pytest.approx(1e-6 + (1e-3 - 1e-6) * (1 + np.cos(np.pi * 20 / T)) / 2)
     # no usable mark (the whole run so far): the plain average rate
     assert _fit_steps_to_budget(opt, sched, 20, 10.0, 100.0) == 20 + int(RETIME_MARGIN * 2 * 90)
+
+
+def test_time_budget_refits_T_again_from_the_rate_since_the_first_fit(kodak_crop, tmp_path, monkeypatch):
+    """T is refitted at each of RETIME_SHARES of the budget; a later fit measures the rate
+    from the previous fit's step and seconds (a rate that settles later is caught)."""
+    fit_mod = sys.modules["intstream.fit"]
+
+    monkeypatch.setattr(fit_mod, "RETIME_MIN_STEPS", 3)  # a loaded CI machine: few steps
+    calls = []
+    real = fit_mod._fit_steps_to_budget
+
+    def spy(opt, sched, step, seconds, budget, warm_mark=(0, 0.0)):
+        calls.append((step, seconds, warm_mark))
+        return real(opt, sched, step, seconds, budget, warm_mark)
+
+    monkeypatch.setattr(fit_mod, "_fit_steps_to_budget", spy)
+    m = fit(kodak_crop, tmp_path / "run", FitConfig(time_budget=2.0, **SMALL))
+    shares = fit_mod.RETIME_SHARES
+    assert len(calls) == len(shares) >= 2
+    assert 0 < calls[0][2][0] < calls[0][0] and calls[0][1] >= shares[0] * 2.0
+    for (s0, t0, _), (s1, t1, w1), share in zip(calls, calls[1:], shares[1:]):
+        assert w1 == (s0, t0) and s1 - s0 >= 3 and t1 >= share * 2.0
+    assert m["total_steps"] > calls[-1][0]
 
 
 @pytest.fixture(scope="module")

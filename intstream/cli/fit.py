@@ -96,7 +96,7 @@ _check_ratio_schedule = _checked_by(lambda value: ratio_at(value, 0, 10))
 @click.option("--first-omega", "first_omega0", type=options.FiniteFloat(0, min_open=True), help="First layer's omega_0 if different (e.g. 3000 for audio).")
 @click.option("--lr", type=options.FiniteFloat(0, min_open=True), help=f"Adam learning rate, cosine-decayed over T (default: {_by_kind('lr')}).")
 @options.seed
-@click.option("--time-budget", type=options.FiniteFloat(0, min_open=True), help="Stop after this many training seconds of this process (a resumed run gets them afresh). Without --steps, T is fitted to it: after 5% of the budget the LR's cosine is moved onto the steps the budget holds at the measured rate, so the run anneals (teachers with a step ratio or incremental intervals keep their T).")
+@click.option("--time-budget", type=options.FiniteFloat(0, min_open=True), help="Stop after this many training seconds of this process (a resumed run gets them afresh). Without --steps, T is fitted to it: after 5%, 25% and 50% of the budget the LR's cosine is moved onto the steps the budget holds at the rate measured since the last fit, so the run anneals (teachers with a step ratio or incremental intervals keep their T).")
 @click.option("--target-psnr", type=options.FiniteFloat(), help="Stop once the training PSNR reaches this (dB).")
 @options.device
 @click.option("--scheduler", help="dask.distributed scheduler address for out-of-core rounds (default: local threads).")
