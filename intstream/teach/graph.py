@@ -34,7 +34,7 @@ import numpy as np
 
 from .topk import Candidates, chunk_error, chunk_topk, combine_topk
 
-__all__ = ["Draws", "ModelState", "clear_block_cache", "draw_chunk", "model_state", "round_draws", "round_graph",
+__all__ = ["Draws", "ModelState", "clear_block_cache", "draw_chunks", "model_state", "round_draws", "round_graph",
            "round_topk", "score_chunk"]
 
 # How many distinct model versions a process keeps built (current round + prefetch of next).
@@ -44,7 +44,7 @@ _model_lock = threading.Lock()
 _store_cache: "OrderedDict[tuple, object]" = OrderedDict()
 _store_lock = threading.Lock()
 # Decoded chunks (coords, targets) a process keeps for the rounds that draw from them
-# again (`draw_chunk`'s ``keep``: the memory plan's chunks per round).
+# again (`draw_chunks`' ``keep``: the memory plan's chunks per round).
 _block_cache: "OrderedDict[tuple, tuple]" = OrderedDict()
 _block_lock = threading.Lock()
 
@@ -145,7 +145,7 @@ def _cached_block(store_path: str, slices: tuple[slice, ...], keep: int):
 
 
 def clear_block_cache() -> None:
-    """Drop the decoded chunks `draw_chunk` kept in this process."""
+    """Drop the decoded chunks `draw_chunks` kept in this process."""
     with _block_lock:
         _block_cache.clear()
 
@@ -165,15 +165,19 @@ def _predict_chunk(ms: ModelState, store_path: str, slices: tuple[slice, ...], *
                    score_dtype: str | None, batch: int, device: str, keep: int = 0):
     """``(store, predictions, targets)`` of one chunk under the snapshot (cached per worker;
     ``keep``: see `_cached_block`)."""
+    store, coords, targets = _cached_block(store_path, slices, keep)
+    return store, _score_forward(ms, coords, score_dtype=score_dtype, batch=batch, device=device), targets
+
+
+def _score_forward(ms: ModelState, coords: np.ndarray, *, score_dtype: str | None, batch: int,
+                   device: str) -> np.ndarray:
+    """Predictions of the snapshot (cached per worker) for ``coords``, no grad."""
     import torch
 
     from ..models import predict
 
-    store, coords, targets = _cached_block(store_path, slices, keep)
-    model = _cached_model(ms, device)
     dtype = torch.bfloat16 if _dtype_name(score_dtype) == "bfloat16" else None
-    pred = predict(model, torch.from_numpy(coords), batch=batch, dtype=dtype).cpu().numpy()
-    return store, pred, targets
+    return predict(_cached_model(ms, device), torch.from_numpy(coords), batch=batch, dtype=dtype).cpu().numpy()
 
 
 def score_chunk(
@@ -428,60 +432,34 @@ class Draws(NamedTuple):
     chunk: np.ndarray
 
 
-def draw_chunk(
-    ms: ModelState,
-    store_path: str,
-    slices: tuple[slice, ...],
-    n_draws: int,
-    seed: int,
-    *,
-    uniform_share: float,
-    chunk_id: int = 0,
-    score_dtype: str | None = None,
-    batch: int = 65536,
-    device: str = "cpu",
-    keep: int = 0,
-) -> tuple[Draws, list[dict]]:
-    """Score one chunk and draw ``n_draws`` of its samples by importance.
+def draw_chunks(ms: ModelState, store_path: str, items: Sequence[tuple], *, score_dtype: str | None = None,
+                batch: int = 65536, device: str = "cpu", keep: int = 0) -> tuple[Draws, list[dict]]:
+    """Score chunks and draw each one's samples by importance (the leaf of `round_draws`).
 
-    Each sample is drawn with probability ``(1 - a) e / sum(e) + a / n`` (``e`` its L1
-    error under the snapshot, ``a`` = ``uniform_share``), with replacement, from a NumPy
-    generator seeded by ``seed`` (so the draws do not depend on where the task runs).
-    With ``a = 1`` the draws are uniform and the chunk is only read, not scored. ``keep``:
-    this process keeps the last ``keep`` chunks it read decoded (`_cached_block`).
+    ``items`` are ``(slices, n_draws, seed, uniform_share, chunk_id)``. Each sample of a
+    chunk is drawn with probability ``(1 - a) e / sum(e) + a / n`` (``e`` its L1 error
+    under the snapshot, ``a`` = ``uniform_share``), with replacement, from a NumPy
+    generator seeded by ``seed`` (so the draws do not depend on where the task runs, nor
+    on how chunks are grouped). With ``a = 1`` the draws are uniform and the chunk is
+    only read, not scored. The scored chunks' samples go through one forward, so small
+    chunks do not pay a forward call each (a 32² chunk of the tiled bank spends 3x its
+    compute in per-call overhead). ``keep``: this process keeps the last ``keep`` chunks
+    it read decoded (`_cached_block`).
 
     Returns
     -------
     (Draws, [stats])
-        The draws (``chunk`` = ``chunk_id``) and the chunk's error statistics as in
-        `score_chunk` (with ``a = 1`` only ``chunk`` and ``n``: nothing was scored).
+        The draws (``chunk`` = each item's ``chunk_id``) and one error-statistics dict per
+        chunk as in `score_chunk` (with ``a = 1`` only ``chunk`` and ``n``: nothing was scored).
     """
-    return draw_chunks(ms, store_path, [(slices, n_draws, seed, uniform_share, chunk_id)], score_dtype=score_dtype,
-                       batch=batch, device=device, keep=keep)
-
-
-def draw_chunks(ms: ModelState, store_path: str, items: Sequence[tuple], *, score_dtype: str | None = None,
-                batch: int = 65536, device: str = "cpu", keep: int = 0) -> tuple[Draws, list[dict]]:
-    """`draw_chunk` for several chunks in one task (the leaf of `round_draws`): ``items``
-    are ``(slices, n_draws, seed, uniform_share, chunk_id)``; the scored chunks' samples
-    go through one forward, so small chunks do not pay a forward call each (a 32² chunk
-    of the tiled bank spends 3x its compute in per-call overhead). Each chunk draws from
-    its own seed and errors, so the draws do not depend on how chunks are grouped."""
-    import torch
-
-    from ..models import predict
-
     blocks = [_cached_block(store_path, item[0], keep) for item in items]
     scored = [i for i, item in enumerate(items) if item[3] < 1.0]
     preds: dict[int, np.ndarray] = {}
     if scored:
         coords = [blocks[i][1] for i in scored]
-        model = _cached_model(ms, device)
-        dtype = torch.bfloat16 if _dtype_name(score_dtype) == "bfloat16" else None
-        pred = predict(model, torch.from_numpy(coords[0] if len(coords) == 1 else np.concatenate(coords)),
-                       batch=batch, dtype=dtype).cpu().numpy()
-        ends = np.cumsum([len(c) for c in coords])
-        preds = dict(zip(scored, np.split(pred, ends[:-1])))
+        pred = _score_forward(ms, coords[0] if len(coords) == 1 else np.concatenate(coords),
+                              score_dtype=score_dtype, batch=batch, device=device)
+        preds = dict(zip(scored, np.split(pred, np.cumsum([len(c) for c in coords])[:-1])))
     return _concat_draws([_draw(block[0], block[2], preds.get(i), *item) for i, (block, item)
                           in enumerate(zip(blocks, items))])
 
@@ -550,15 +528,15 @@ def round_draws(
     scheduler=None,
     num_workers: int | None = None,
 ) -> tuple[Draws, list[dict]]:
-    """Score a round's chunks, each drawing its own samples by error (`draw_chunk`), and
+    """Score a round's chunks, each drawing its own samples by error (`draw_chunks`), and
     merge the draws by a tree of ``split_every``-wide concatenations.
 
     ``uniform_share`` is one share for every chunk or one per chunk (1 = uniform draws, the
     chunk read but not scored); ``keep`` the decoded chunks each process keeps for the next
-    rounds (`_cached_block`). Consecutive chunks of fewer than ``batch`` samples in all
-    share a task and one scoring forward (`draw_chunks`; the draws are the same either way).
-    Only the draws and each chunk's error sums leave the tasks. Returns the draws in ``chunk_slices`` order and one statistics dict per chunk
-    (``chunk`` = position in ``chunk_slices``).
+    rounds (`_cached_block`). Consecutive chunks of at most ``batch`` samples in all share
+    a task and one scoring forward (the draws are the same either way). Only the draws and
+    each chunk's error sums leave the tasks. Returns the draws in ``chunk_slices`` order
+    and one statistics dict per chunk (``chunk`` = position in ``chunk_slices``).
     """
     from dask.base import tokenize
 

@@ -12,7 +12,7 @@ Every strategy means what it means in core, read from the store chunk by chunk:
     drawn chunk ``k_c ~ k m_c / G`` samples (``m_c`` times drawn). Sample level: the
     ``ceil(pool n_chunks)`` chunks that draw the most (the in-core pool's share) are
     scored in their Dask task with a snapshot of the weights and draw with
-    ``p = (1 - a) e / sum(e) + a / n_c`` (`graph.draw_chunk`); the round's other chunks
+    ``p = (1 - a) e / sum(e) + a / n_c`` (`graph.draw_chunks`); the round's other chunks
     are only read and draw uniformly (``p = 1 / n_c``). Only the draws and the chunks'
     error sums leave the tasks, merged by a ``split_every`` tree. Each draw is weighted
     ``k m_c / (N E[m_c] k_c p)`` (``E[m_c]`` = ``G q_c``, or 1 in a stratified round), so
