@@ -76,8 +76,10 @@ MIN_SCORE_BATCH = 1024
 DEFAULT_SCORE_BATCH = 65536
 # Out of core, consecutive chunks smaller than this share one scoring task and forward
 # (`teach.graph.draw_chunks`): a 1024² mosaic in 32² chunks scored a round in 3.2 s one
-# chunk per task, 0.7 s fused (tiled bank, bf16, 2 cores).
-MIN_TASK_SAMPLES = 16384
+# chunk per task, 0.7 s in tasks of 16384 samples (tiled bank, bf16, 2 cores). At 16384
+# its fit at --memory-budget 512M peaked at 551 MiB (the fused forward costs more than
+# this plan counts); at 4096, 459 MiB (one chunk per task: 444 MiB).
+MIN_TASK_SAMPLES = 4096
 
 # The tiled SIREN bank (DESIGN §9) evaluates 1-2^d tiles per sample, pads groups and
 # copies each group's tile weights. Measured (probe: one Adam step, grid 2048², batch 32k
